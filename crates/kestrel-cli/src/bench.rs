@@ -1,0 +1,98 @@
+//! `kestrel bench`: llama-bench-style speeds. pp = one forward pass over `-p` prompt tokens into an empty
+//! cache; tg = `-n` single-token decode steps from an empty cache. Each is repeated `-r` times after a
+//! warm-up; the table shows mean ± standard deviation of tokens per second.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use kestrel::engine::generate::SingleSequence;
+use serde_json::json;
+
+use crate::common::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens per pp test (0 skips it)
+    #[arg(short = 'p', long, default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens per tg test (0 skips it)
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Print JSON instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.repetitions > 0,
+        "invalid value for --repetitions: must be at least 1"
+    );
+    let (backend, loaded) = args.model.load()?;
+    let vocab = loaded.config.vocab_size as u32;
+    // Fixed pseudo-random prompt tokens (llama-bench uses random tokens too).
+    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u64)
+        .map(|i| ((i.wrapping_mul(2654435761) >> 7) % vocab.min(10_000) as u64) as u32)
+        .collect();
+    let mut results = Vec::new();
+    let model = &loaded.model;
+    if args.n_prompt > 0 {
+        let mut speeds = Vec::new();
+        for rep in 0..=args.repetitions {
+            let mut seq = SingleSequence::new(&backend, model, args.n_prompt)?;
+            let t = Instant::now();
+            seq.feed(&backend, model, &tokens[..args.n_prompt], false)?;
+            if rep > 0 {
+                speeds.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        results.push((format!("pp{}", args.n_prompt), mean_sd(&speeds)));
+    }
+    if args.n_gen > 0 {
+        let mut speeds = Vec::new();
+        for rep in 0..=args.repetitions {
+            let mut seq = SingleSequence::new(&backend, model, args.n_gen)?;
+            let t = Instant::now();
+            for i in 0..args.n_gen {
+                seq.feed(&backend, model, &tokens[i % tokens.len()..][..1], false)?;
+            }
+            if rep > 0 {
+                speeds.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        results.push((format!("tg{}", args.n_gen), mean_sd(&speeds)));
+    }
+    let model_name = loaded.source.path().display().to_string();
+    let backend_name = kestrel::backend::Backend::name(&backend);
+    if args.json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(test, (m, sd))| json!({"model": model_name, "backend": backend_name, "test": test, "tok_s": m, "tok_s_sd": sd, "repetitions": args.repetitions}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("| model | backend | test | t/s |");
+        println!("| --- | --- | ---: | ---: |");
+        for (test, (m, sd)) in &results {
+            println!("| {model_name} | {backend_name} | {test} | {m:.2} ± {sd:.2} |");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `kestrel`: run, chat with, inspect and benchmark Qwen3 / Qwen2 models from HF safetensors or GGUF.
+
+mod bench;
+mod chat;
+mod common;
+mod inspect;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kestrel",
+    version,
+    about = "Fast, exact inference for Qwen3 and Qwen2 models",
+    long_about = "Kestrel runs Qwen3 / Qwen2 / Qwen2.5 language models from Hugging Face safetensors \
+directories, GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, ...) or Hugging Face repo ids.\n\n\
+Examples:\n  kestrel run --model Qwen/Qwen3-0.6B \"Why is the sky blue?\"\n  \
+kestrel chat --model ~/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf\n  \
+kestrel bench --model model.gguf -p 512 -n 128\n  kestrel inspect model.gguf"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a reply to one prompt, streamed to stdout (chat template applied unless --raw).
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat (/reset clears the history, /exit quits).
+    Chat(chat::ChatArgs),
+    /// Show a model's architecture, tensors, tokenizer and chat template.
+    Inspect(inspect::InspectArgs),
+    /// Measure prompt processing (pp) and text generation (tg) speed, llama-bench style.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::chat(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Bench(a) => bench::bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

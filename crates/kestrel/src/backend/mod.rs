@@ -1,0 +1,88 @@
+//! The Backend trait: the coarse, fusable ops the model is written against (DESIGN.md rules 2 and 3).
+//!
+//! Every op works on a batch of tokens from many sequences at once; attention reads and writes a paged
+//! KV cache described by an explicit [`AttnMetadata`]. The CPU backend implements each op plainly and is
+//! the reference; faster backends fuse them.
+
+pub mod cpu;
+mod metadata;
+
+pub use metadata::{AttnMetadata, KvCacheSpec, SeqSlice};
+
+use crate::formats::HostTensor;
+use crate::Result;
+
+/// Shapes and weights of one attention layer, as the attention ops need them.
+pub struct AttnParams<'a, V> {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+    pub rms_norm_eps: f32,
+    /// Qwen3's per-head RMSNorm weights (None for Qwen2).
+    pub q_norm: Option<&'a V>,
+    pub k_norm: Option<&'a V>,
+}
+
+pub trait Backend: Send + Sync {
+    /// Activations: `[tokens, width]`, row-major.
+    type Tensor: Send;
+    /// A weight matrix `[out, in]` in its storage format (F32, BF16, Q4_K, ...), possibly made of several
+    /// source tensors stacked by rows (merged q/k/v, merged gate/up), each keeping its own type.
+    type Matrix: Send + Sync;
+    /// A small f32 vector (norm weights, biases).
+    type Vector: Send + Sync;
+    type KvCache: Send;
+
+    fn name(&self) -> String;
+
+    /// Makes a matrix of `parts` stacked by rows; all parts have the same number of columns.
+    fn upload_matrix(&self, parts: &[HostTensor]) -> Result<Self::Matrix>;
+    /// Makes an f32 vector of `parts` concatenated.
+    fn upload_vector(&self, parts: &[HostTensor]) -> Result<Self::Vector>;
+    fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
+
+    /// Rows `tokens` of the embedding table.
+    fn embed(&self, table: &Self::Matrix, tokens: &[u32]) -> Result<Self::Tensor>;
+    /// RMSNorm of each row times `weight`.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
+    /// `x · wᵀ (+ bias)`.
+    fn matmul(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+    ) -> Result<Self::Tensor>;
+    /// `residual += x · wᵀ` (o_proj and down_proj feed the residual stream).
+    fn matmul_add_residual(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Matrix,
+        residual: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `silu(x · w_gateᵀ) * (x · w_upᵀ)` with `gate_up` the gate rows then the up rows.
+    fn gate_up_silu(&self, x: &Self::Tensor, gate_up: &Self::Matrix) -> Result<Self::Tensor>;
+    /// Splits merged `qkv` rows into q, k, v; applies the per-head q/k RMSNorm (if any) and neox RoPE at
+    /// each token's position; writes k and v into the cache slots of `meta`; returns q `[tokens, heads*head_dim]`.
+    fn qk_norm_rope_store_kv(
+        &self,
+        qkv: &Self::Tensor,
+        p: &AttnParams<'_, Self::Vector>,
+        meta: &AttnMetadata,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    ) -> Result<Self::Tensor>;
+    /// Causal attention of each query token over its sequence's cached keys and values (GQA).
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        p: &AttnParams<'_, Self::Vector>,
+        meta: &AttnMetadata,
+        cache: &Self::KvCache,
+        layer: usize,
+    ) -> Result<Self::Tensor>;
+    /// The given rows of `x` (e.g. the last token of each sequence, before the lm_head).
+    fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// Copies a tensor to the host: (rows, cols, values).
+    fn to_host(&self, x: &Self::Tensor) -> Result<(usize, usize, Vec<f32>)>;
+}

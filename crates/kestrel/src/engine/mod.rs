@@ -1,0 +1,4 @@
+pub mod generate;
+pub mod loaded;
+pub mod sampling;
+pub mod stop;

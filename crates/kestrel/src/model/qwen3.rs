@@ -1,0 +1,151 @@
+//! Qwen3 / Qwen2. Reads like the HF config: embed, then per layer
+//! `norm → qkv → q/k norm + RoPE + cache write → attention → o_proj (+residual) → norm → gate/up SiLU →
+//! down (+residual)`, then the final norm and the lm_head on the rows that need logits.
+
+use crate::backend::{AttnMetadata, AttnParams, Backend};
+use crate::config::ModelConfig;
+use crate::formats::source::ModelSource;
+use crate::formats::HostTensor;
+use crate::Result;
+
+pub struct LayerWeights<B: Backend> {
+    pub attn_norm: B::Vector,
+    /// q, k and v projections stacked by rows.
+    pub qkv: B::Matrix,
+    pub qkv_bias: Option<B::Vector>,
+    pub q_norm: Option<B::Vector>,
+    pub k_norm: Option<B::Vector>,
+    pub o_proj: B::Matrix,
+    pub ffn_norm: B::Vector,
+    /// gate and up projections stacked by rows.
+    pub gate_up: B::Matrix,
+    pub down: B::Matrix,
+}
+
+pub struct Qwen3Model<B: Backend> {
+    pub config: ModelConfig,
+    pub embed: B::Matrix,
+    pub layers: Vec<LayerWeights<B>>,
+    pub norm: B::Vector,
+    /// None when tied to the embedding table.
+    pub lm_head: Option<B::Matrix>,
+}
+
+impl<B: Backend> Qwen3Model<B> {
+    /// Loads every weight through `backend`, checking shapes against the config.
+    pub fn load(backend: &B, config: &ModelConfig, src: &ModelSource) -> Result<Self> {
+        let c = config;
+        let (h, q, kv, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+            let t = src.tensor(name)?;
+            t.expect_shape(shape)?;
+            Ok(t)
+        };
+        let embed =
+            backend.upload_matrix(&[get("model.embed_tokens.weight", &[c.vocab_size, h])?])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let attn = |s: &str| p(&format!("self_attn.{s}"));
+            let qkv = [
+                get(&attn("q_proj.weight"), &[q, h])?,
+                get(&attn("k_proj.weight"), &[kv, h])?,
+                get(&attn("v_proj.weight"), &[kv, h])?,
+            ];
+            let qkv_bias = if c.qkv_bias {
+                Some(backend.upload_vector(&[
+                    get(&attn("q_proj.bias"), &[q])?,
+                    get(&attn("k_proj.bias"), &[kv])?,
+                    get(&attn("v_proj.bias"), &[kv])?,
+                ])?)
+            } else {
+                None
+            };
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(backend.upload_vector(&[get(&attn("q_norm.weight"), &[c.head_dim])?])?),
+                    Some(backend.upload_vector(&[get(&attn("k_norm.weight"), &[c.head_dim])?])?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(LayerWeights {
+                attn_norm: backend.upload_vector(&[get(&p("input_layernorm.weight"), &[h])?])?,
+                qkv: backend.upload_matrix(&qkv)?,
+                qkv_bias,
+                q_norm,
+                k_norm,
+                o_proj: backend.upload_matrix(&[get(&attn("o_proj.weight"), &[h, q])?])?,
+                ffn_norm: backend
+                    .upload_vector(&[get(&p("post_attention_layernorm.weight"), &[h])?])?,
+                gate_up: backend.upload_matrix(&[
+                    get(&p("mlp.gate_proj.weight"), &[inter, h])?,
+                    get(&p("mlp.up_proj.weight"), &[inter, h])?,
+                ])?,
+                down: backend.upload_matrix(&[get(&p("mlp.down_proj.weight"), &[h, inter])?])?,
+            });
+        }
+        // Some tied checkpoints still ship lm_head.weight; an untied one must.
+        let lm_head = if src.has_tensor("lm_head.weight") {
+            Some(backend.upload_matrix(&[get("lm_head.weight", &[c.vocab_size, h])?])?)
+        } else if c.tie_word_embeddings {
+            None
+        } else {
+            return Err(crate::KestrelError::MissingTensor {
+                name: "lm_head.weight".into(),
+                source_desc: format!(
+                    "{} (the config says the embeddings are not tied)",
+                    src.path().display()
+                ),
+            });
+        };
+        Ok(Qwen3Model {
+            config: c.clone(),
+            embed,
+            layers,
+            norm: backend.upload_vector(&[get("model.norm.weight", &[h])?])?,
+            lm_head,
+        })
+    }
+
+    fn attn_params<'a>(&self, layer: &'a LayerWeights<B>) -> AttnParams<'a, B::Vector> {
+        let c = &self.config;
+        AttnParams {
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            rope_theta: c.rope_theta,
+            rms_norm_eps: c.rms_norm_eps,
+            q_norm: layer.q_norm.as_ref(),
+            k_norm: layer.k_norm.as_ref(),
+        }
+    }
+
+    /// One forward step over a batch (`tokens` of many sequences, described by `meta`). Returns the
+    /// logits `[logit_rows.len(), vocab]` of the batch rows in `logit_rows`.
+    pub fn forward(
+        &self,
+        backend: &B,
+        tokens: &[u32],
+        meta: &AttnMetadata,
+        cache: &mut B::KvCache,
+        logit_rows: &[usize],
+    ) -> Result<B::Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let mut residual = backend.embed(&self.embed, tokens)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = self.attn_params(layer);
+            let x = backend.rms_norm(&residual, &layer.attn_norm, eps)?;
+            let qkv = backend.matmul(&x, &layer.qkv, layer.qkv_bias.as_ref())?;
+            let q = backend.qk_norm_rope_store_kv(&qkv, &p, meta, cache, l)?;
+            let attn = backend.attention(&q, &p, meta, cache, l)?;
+            backend.matmul_add_residual(&attn, &layer.o_proj, &mut residual)?;
+            let x = backend.rms_norm(&residual, &layer.ffn_norm, eps)?;
+            let act = backend.gate_up_silu(&x, &layer.gate_up)?;
+            backend.matmul_add_residual(&act, &layer.down, &mut residual)?;
+        }
+        let last = backend.select_rows(&residual, logit_rows)?;
+        let x = backend.rms_norm(&last, &self.norm, eps)?;
+        backend.matmul(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+    }
+}
