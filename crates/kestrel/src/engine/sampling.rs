@@ -200,3 +200,142 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        f(&mut p);
+        p
+    }
+
+    /// Draw `n` samples and count how often each token comes out.
+    fn histogram(p: SamplingParams, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut s = Sampler::new(p, &[]);
+        let mut h = vec![0; logits.len()];
+        for _ in 0..n {
+            h[s.sample(&mut logits.to_vec()) as usize] += 1;
+        }
+        h
+    }
+
+    const LOGITS: [f32; 5] = [2.0, 1.0, 0.5, 0.0, -1.0];
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut s = Sampler::new(SamplingParams::default(), &[]);
+        assert_eq!(s.sample(&mut vec![0.1, 3.0, 2.9, -5.0]), 1);
+        assert_eq!(
+            argmax(&[1.0, 1.0, 0.0]),
+            0,
+            "first of equal logits, as torch.argmax"
+        );
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_softmax() {
+        let n = 20_000;
+        let h = histogram(params(|p| p.seed = Some(1)), &LOGITS, n);
+        let z: f32 = LOGITS.iter().map(|l| l.exp()).sum();
+        for (i, &c) in h.iter().enumerate() {
+            let expected = LOGITS[i].exp() / z;
+            let got = c as f32 / n as f32;
+            assert!(
+                (got - expected).abs() < 0.015,
+                "token {i}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_k_top_p_min_p_cut_the_tail() {
+        let h = histogram(params(|p| p.top_k = 2), &LOGITS, 2000);
+        assert!(
+            h[0] > 0 && h[1] > 0 && h[2..].iter().all(|&c| c == 0),
+            "{h:?}"
+        );
+        // softmax(LOGITS) ≈ [.55, .20, .12, .07, .03]: top_p 0.7 keeps the first two.
+        let h = histogram(params(|p| p.top_p = 0.7), &LOGITS, 2000);
+        assert!(
+            h[0] > 0 && h[1] > 0 && h[2..].iter().all(|&c| c == 0),
+            "{h:?}"
+        );
+        // min_p 0.3 keeps tokens with p >= 0.3 * 0.55: the first two.
+        let h = histogram(params(|p| p.min_p = 0.3), &LOGITS, 2000);
+        assert!(
+            h[0] > 0 && h[1] > 0 && h[2..].iter().all(|&c| c == 0),
+            "{h:?}"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let run = |seed| {
+            let mut s = Sampler::new(params(|p| p.seed = Some(seed)), &[]);
+            (0..64)
+                .map(|_| s.sample(&mut LOGITS.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn penalties_follow_their_definitions() {
+        // Repetition penalty (prompt and output): positive logits divided, negative multiplied.
+        let mut s = Sampler::new(
+            SamplingParams {
+                repetition_penalty: 2.0,
+                ..Default::default()
+            },
+            &[0, 4],
+        );
+        let mut l = LOGITS.to_vec();
+        s.apply_penalties(&mut l);
+        assert_eq!(l, vec![1.0, 1.0, 0.5, 0.0, -2.0]);
+        // Presence and frequency (output only): l -= presence + frequency * count.
+        let mut s = Sampler::new(
+            SamplingParams {
+                presence_penalty: 0.5,
+                frequency_penalty: 0.25,
+                ..Default::default()
+            },
+            &[1],
+        );
+        s.accept(2);
+        s.accept(2);
+        s.accept(3);
+        let mut l = LOGITS.to_vec();
+        s.apply_penalties(&mut l);
+        assert_eq!(l, vec![2.0, 1.0, 0.5 - 0.5 - 0.5, 0.0 - 0.5 - 0.25, -1.0]);
+        // A strong repetition penalty moves greedy off the repeated token.
+        let mut s = Sampler::new(
+            SamplingParams {
+                repetition_penalty: 3.0,
+                ..Default::default()
+            },
+            &[0],
+        );
+        assert_eq!(s.sample(&mut LOGITS.to_vec()), 1);
+    }
+
+    #[test]
+    fn invalid_parameters_are_named() {
+        for (p, name) in [
+            (params(|p| p.temperature = -1.0), "temperature"),
+            (params(|p| p.top_p = 0.0), "top_p"),
+            (params(|p| p.min_p = 1.5), "min_p"),
+            (params(|p| p.repetition_penalty = 0.0), "repetition_penalty"),
+            (params(|p| p.presence_penalty = 3.0), "presence_penalty"),
+            (params(|p| p.max_tokens = 0), "max_tokens"),
+        ] {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        }
+    }
+}
