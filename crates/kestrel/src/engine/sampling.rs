@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::default(), &[]);
-        assert_eq!(s.sample(&mut vec![0.1, 3.0, 2.9, -5.0]), 1);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -5.0]), 1);
         assert_eq!(
             argmax(&[1.0, 1.0, 0.0]),
             0,
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn penalties_follow_their_definitions() {
         // Repetition penalty (prompt and output): positive logits divided, negative multiplied.
-        let mut s = Sampler::new(
+        let s = Sampler::new(
             SamplingParams {
                 repetition_penalty: 2.0,
                 ..Default::default()

@@ -1,14 +1,22 @@
 //! Matrix times activations on the CPU, straight from the weights' storage format.
 //!
-//! Each weight row is decoded once per call (into a per-thread f32 buffer) and dotted with every token
-//! of the batch, so prefill amortises the decoding; f32 weights are used in place.
+//! Quantized weights never become f32: the activations are quantized once per call into the format the
+//! weight type's integer kernel reads (see [`super::qdot`]) and every row is dotted with that, several
+//! tokens per pass over a weight row so prefill loads each block once per [`MAX_TOKENS`] tokens. Output
+//! rows are split into chunks, one rayon task each; a chunk is small enough to stay in cache while all
+//! token groups pass over it. Types without a kernel (Q2_K, Q3_K, Q4_1, Q5_1...) decode each row to
+//! f32 once per call and dot it with every token.
 
 use rayon::prelude::*;
 
+use super::qdot::{self, RowDot, SimdLevel, MAX_TOKENS};
 use super::CpuTensor;
 use crate::formats::HostTensor;
 use crate::quant::{self, GgmlType};
 use crate::{KestrelError, Result};
+
+/// Weight bytes a task covers at most when several token groups pass over its rows (about half an L2).
+const TASK_BYTES: usize = 256 * 1024;
 
 /// A weight matrix made of one or more source tensors stacked by rows.
 pub struct CpuMatrix {
@@ -17,12 +25,20 @@ pub struct CpuMatrix {
     parts: Vec<HostTensor>,
     /// First row of each part.
     starts: Vec<usize>,
+    /// Each part's integer/float dot kernel and the activation format it reads, if it has one.
+    kernels: Vec<Option<(RowDot, GgmlType)>>,
 }
 
 impl CpuMatrix {
     pub fn new(parts: Vec<HostTensor>) -> Result<CpuMatrix> {
+        CpuMatrix::with_level(parts, SimdLevel::best())
+    }
+
+    /// A matrix whose kernels are those of `level` (tests compare levels).
+    pub(crate) fn with_level(parts: Vec<HostTensor>, level: SimdLevel) -> Result<CpuMatrix> {
         let cols = parts.first().map(HostTensor::cols).unwrap_or(0);
         let mut starts = Vec::with_capacity(parts.len());
+        let mut kernels = Vec::with_capacity(parts.len());
         let mut rows = 0;
         for p in &parts {
             if p.cols() != cols {
@@ -32,7 +48,15 @@ impl CpuMatrix {
                     found: p.shape.clone(),
                 });
             }
-            p.row_bytes()?;
+            let need = p.row_bytes()? * p.rows();
+            if p.bytes().len() < need {
+                return Err(KestrelError::Backend(format!(
+                    "tensor '{}' has {} bytes, its shape needs {need}",
+                    p.name,
+                    p.bytes().len()
+                )));
+            }
+            kernels.push(qdot::kernel(p.ty, level).zip(qdot::act_type(p.ty)));
             starts.push(rows);
             rows += p.rows();
         }
@@ -41,6 +65,7 @@ impl CpuMatrix {
             cols,
             parts,
             starts,
+            kernels,
         })
     }
 
@@ -70,43 +95,138 @@ impl CpuMatrix {
             )));
         }
         let tokens = x.rows;
+        let acts = Activations::new(x, self.kernels.iter().flatten().map(|k| k.1))?;
         // Work in output-row-major order (each task owns whole weight rows), then transpose.
         let mut out_t = vec![0f32; self.rows * tokens];
-        const ROWS_PER_TASK: usize = 16;
-        out_t
-            .par_chunks_mut(tokens * ROWS_PER_TASK)
-            .enumerate()
-            .try_for_each_init(
-                || vec![0f32; self.cols],
-                |buf, (chunk, out)| -> Result<()> {
-                    for (i, out_row) in out.chunks_mut(tokens).enumerate() {
-                        let r = chunk * ROWS_PER_TASK + i;
-                        let (part, local) = self.locate(r);
-                        let w: &[f32] = match (
-                            part.ty,
-                            bytemuck::try_cast_slice::<u8, f32>(part.row(local)),
-                        ) {
-                            (GgmlType::F32, Ok(w)) => w,
-                            _ => {
-                                quant::dequantize_row(part.ty, part.row(local), buf)?;
-                                buf
-                            }
-                        };
-                        for (t, o) in out_row.iter_mut().enumerate() {
-                            *o = dot(w, x.row(t));
-                        }
-                    }
-                    Ok(())
-                },
-            )?;
+        let mut tasks = Vec::new();
+        let mut rest: &mut [f32] = &mut out_t;
+        let threads = rayon::current_num_threads().max(1);
+        for (i, p) in self.parts.iter().enumerate() {
+            let row_bytes = p.row_bytes()?;
+            let mut per = self.rows.div_ceil(threads * 8).max(4);
+            if tokens > MAX_TOKENS {
+                per = per.min((TASK_BYTES / row_bytes.max(1)).max(1));
+            }
+            let mut r0 = 0;
+            while r0 < p.rows() {
+                let n = per.min(p.rows() - r0);
+                let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n * tokens);
+                rest = tail;
+                tasks.push((i, r0, chunk));
+                r0 += n;
+            }
+        }
+        tasks
+            .into_par_iter()
+            .try_for_each_init(Vec::new, |buf, (i, r0, out)| {
+                self.run_task(i, r0, out, &acts, x, buf)
+            })?;
+        if tokens == 1 {
+            return Ok(CpuTensor::new(1, self.rows, out_t));
+        }
         let mut out = CpuTensor::zeros(tokens, self.rows);
-        for r in 0..self.rows {
-            for t in 0..tokens {
-                out.data[t * self.rows + r] = out_t[r * tokens + t];
+        for (r, src) in out_t.chunks_exact(tokens).enumerate() {
+            for (t, &v) in src.iter().enumerate() {
+                out.data[t * self.rows + r] = v;
             }
         }
         Ok(out)
     }
+
+    /// Rows `r0..` of part `i`, as many as `out` (`[rows, tokens]`) holds.
+    fn run_task(
+        &self,
+        i: usize,
+        r0: usize,
+        out: &mut [f32],
+        acts: &Activations,
+        x: &CpuTensor,
+        buf: &mut Vec<f32>,
+    ) -> Result<()> {
+        let part = &self.parts[i];
+        let tokens = x.rows;
+        let row_bytes = part.row_bytes()?;
+        let bytes = &part.bytes()[r0 * row_bytes..][..out.len() / tokens.max(1) * row_bytes];
+        let Some((kernel, act_ty)) = self.kernels[i] else {
+            // No kernel for this type: decode each row once and dot it with every token.
+            buf.resize(self.cols, 0.0);
+            for (w, o) in bytes
+                .chunks_exact(row_bytes)
+                .zip(out.chunks_exact_mut(tokens))
+            {
+                quant::dequantize_row(part.ty, w, buf)?;
+                for (t, o) in o.iter_mut().enumerate() {
+                    *o = dot(buf, x.row(t));
+                }
+            }
+            return Ok(());
+        };
+        let a = acts.get(act_ty);
+        let a_bytes = a.len() / tokens.max(1);
+        for t0 in (0..tokens).step_by(MAX_TOKENS) {
+            let n = MAX_TOKENS.min(tokens - t0);
+            let mut rows: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
+            for (k, r) in rows[..n].iter_mut().enumerate() {
+                *r = &a[(t0 + k) * a_bytes..][..a_bytes];
+            }
+            for (w, o) in bytes
+                .chunks_exact(row_bytes)
+                .zip(out.chunks_exact_mut(tokens))
+            {
+                kernel(w, &rows[..n], &mut o[t0..t0 + n]);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The activations in every format the matrix's kernels read, each made once per call.
+struct Activations<'a> {
+    f32: &'a [u8],
+    q8_0: Vec<u8>,
+    q8_k: Vec<u8>,
+}
+
+impl<'a> Activations<'a> {
+    fn new(x: &'a CpuTensor, types: impl Iterator<Item = GgmlType>) -> Result<Activations<'a>> {
+        let mut acts = Activations {
+            f32: bytemuck::cast_slice(&x.data),
+            q8_0: Vec::new(),
+            q8_k: Vec::new(),
+        };
+        for ty in types {
+            let dst = match ty {
+                GgmlType::Q8_0 => &mut acts.q8_0,
+                GgmlType::Q8_K => &mut acts.q8_k,
+                _ => continue,
+            };
+            if dst.is_empty() && x.rows > 0 {
+                *dst = quantize_rows(ty, x)?;
+            }
+        }
+        Ok(acts)
+    }
+
+    fn get(&self, ty: GgmlType) -> &[u8] {
+        match ty {
+            GgmlType::Q8_0 => &self.q8_0,
+            GgmlType::Q8_K => &self.q8_k,
+            _ => self.f32,
+        }
+    }
+}
+
+fn quantize_rows(ty: GgmlType, x: &CpuTensor) -> Result<Vec<u8>> {
+    let row_bytes = ty.row_bytes(x.cols)?;
+    let mut out = vec![0u8; row_bytes * x.rows];
+    if x.rows == 1 {
+        quant::quantize_row(ty, &x.data, &mut out)?;
+    } else {
+        out.par_chunks_mut(row_bytes)
+            .zip(x.data.par_chunks(x.cols))
+            .try_for_each(|(dst, src)| quant::quantize_row(ty, src, dst))?;
+    }
+    Ok(out)
 }
 
 /// f32 dot product with 8 independent accumulators (vectorises; f32 accumulation as the contract says).

@@ -4,6 +4,7 @@
 mod attention;
 mod matmul;
 mod norm_rope;
+mod qdot;
 
 use rayon::prelude::*;
 
