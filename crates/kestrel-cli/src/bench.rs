@@ -16,13 +16,23 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt tokens per pp test (0 skips it)
-    #[arg(short = 'p', long, default_value_t = 512)]
+    #[arg(
+        short = 'p',
+        long,
+        default_value_t = 512,
+        allow_negative_numbers = true
+    )]
     pub n_prompt: usize,
     /// Generated tokens per tg test (0 skips it)
-    #[arg(short = 'n', long, default_value_t = 128)]
+    #[arg(
+        short = 'n',
+        long,
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
     pub n_gen: usize,
     /// Repetitions of each test
-    #[arg(short = 'r', long, default_value_t = 5)]
+    #[arg(short = 'r', long, default_value_t = 5, allow_negative_numbers = true)]
     pub repetitions: usize,
     /// Print JSON instead of the table
     #[arg(long)]
@@ -44,6 +54,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     anyhow::ensure!(
         args.repetitions > 0,
         "invalid value for --repetitions: must be at least 1"
+    );
+    anyhow::ensure!(
+        args.n_prompt > 0 || args.n_gen > 0,
+        "nothing to measure: -p (prompt tokens) and -n (generated tokens) are both 0"
     );
     let (backend, loaded) = args.model.load()?;
     let vocab = loaded.config.vocab_size as u32;

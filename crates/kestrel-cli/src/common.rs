@@ -13,10 +13,10 @@ pub struct ModelArgs {
     #[arg(short, long)]
     pub model: String,
     /// CPU threads (default: all cores)
-    #[arg(short, long)]
+    #[arg(short, long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Context size in tokens (prompt + generated); default: the model's maximum, capped at 8192
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, allow_negative_numbers = true)]
     pub ctx_size: Option<usize>,
 }
 
@@ -48,22 +48,24 @@ impl ModelArgs {
     }
 }
 
+// Numeric flags accept values that start with '-', so `--temperature -1` reaches the range checks
+// below and is refused naming the flag, not by clap as an unknown argument '-1'.
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 = greedy
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the K most likely tokens (0 = off)
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches P (1 = off)
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than P times the most likely one (0 = off)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalise tokens already in the prompt or output (1 = off)
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Subtract P from the logits of tokens already generated
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
@@ -72,10 +74,15 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub frequency_penalty: f32,
     /// Random seed: the same seed gives the same text
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Most tokens to generate
-    #[arg(short = 'n', long, default_value_t = 512)]
+    #[arg(
+        short = 'n',
+        long,
+        default_value_t = 512,
+        allow_negative_numbers = true
+    )]
     pub max_tokens: usize,
     /// Stop when this string is generated (repeatable)
     #[arg(long)]

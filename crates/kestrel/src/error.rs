@@ -7,11 +7,12 @@ pub type Result<T, E = KestrelError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KestrelError {
-    #[error("{path}: {source}")]
+    // The cause is part of the message and deliberately not a `#[source]`: anyhow's `{:#}` prints the
+    // source chain after the message, which printed the OS error twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A model or data file whose bytes are not what its format promises (truncated, bad magic, bad offsets).
     #[error("{path}: {msg}")]
@@ -55,7 +56,7 @@ impl KestrelError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         KestrelError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

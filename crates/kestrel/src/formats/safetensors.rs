@@ -58,9 +58,8 @@ impl SafetensorsDir {
             // SAFETY: the map is read-only; a checkpoint rewritten under a running process is the
             // user's doing, as with every mmap-based loader.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| KestrelError::io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
-                KestrelError::format(path, format!("not a valid safetensors file: {e}"))
-            })?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map[..])
+                .map_err(|e| KestrelError::format(path, explain_invalid(&map, e)))?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let ty = match info.dtype {
@@ -126,4 +125,38 @@ impl SafetensorsDir {
             },
         })
     }
+}
+
+/// The safetensors crate's errors don't say which length or tensor is wrong ("incomplete metadata,
+/// file not fully covered"); look at the header ourselves to name it.
+fn explain_invalid(bytes: &[u8], err: safetensors::SafeTensorError) -> String {
+    let base = format!("not a valid safetensors file: {err}");
+    let Some(len_bytes) = bytes.get(..8) else {
+        return format!(
+            "{base} (the file is only {} bytes: truncated?)",
+            bytes.len()
+        );
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+    let Some(data_len) = (bytes.len() as u64).checked_sub(header_len.saturating_add(8)) else {
+        return format!(
+            "{base} (its first 8 bytes give a header of {header_len} bytes, but the file has {}: \
+             truncated, or not a safetensors file)",
+            bytes.len()
+        );
+    };
+    let header: serde_json::Map<String, serde_json::Value> =
+        match serde_json::from_slice(&bytes[8..8 + header_len as usize]) {
+            Ok(h) => h,
+            Err(_) => return base,
+        };
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        if let Some(end) = info["data_offsets"][1].as_u64().filter(|&e| e > data_len) {
+            return format!(
+                "{base} (tensor '{name}' ends at byte {end} of the data, but only {data_len} bytes \
+                 follow the header: truncated?)"
+            );
+        }
+    }
+    base
 }

@@ -47,7 +47,14 @@ impl ModelSource {
     pub fn config(&self) -> Result<ModelConfig> {
         match self {
             ModelSource::HfDir(d) => {
-                let mut cfg = ModelConfig::from_hf_file(&d.dir.join("config.json"))?;
+                let path = d.dir.join("config.json");
+                if !path.exists() {
+                    return Err(KestrelError::format(
+                        &d.dir,
+                        "no config.json in this directory: an HF model directory needs config.json, tokenizer.json and the safetensors weights",
+                    ));
+                }
+                let mut cfg = ModelConfig::from_hf_file(&path)?;
                 // generation_config.json's eos list (e.g. <|im_end|> and <|endoftext|>) is what generation stops on.
                 let gen = d.dir.join("generation_config.json");
                 if let Ok(text) = std::fs::read_to_string(&gen) {

@@ -1,0 +1,82 @@
+// Per-head q/k RMSNorm (Qwen3; skipped when the norm weight is null, as in Qwen2) + neox RoPE +
+// the paged KV-cache write, in one kernel over the output of the QKV projection.
+//   qkv row: [q heads (num_heads * head_dim) | k heads (num_kv_heads * head_dim) | v heads (same)]
+//   q_out: [num_tokens, num_heads * head_dim]
+//   k_cache, v_cache: [num_slots, num_kv_heads * head_dim] with slot = block * block_size + offset,
+//   i.e. vLLM's [num_blocks, block_size, num_kv_heads, head_dim]
+// One warp per (token, head); the warps of k heads also copy the matching v head into the cache.
+// Tokens whose slot is >= num_slots (KESTREL_NO_SLOT for padding) write no cache entry.
+// Numerics: the norm rounds as HF's Qwen3RMSNorm (n = bf16(x * rsqrt(var + eps)), bf16(w * n));
+// RoPE rotates those bf16 values in f32 with the angle computed as HF does (f32 pos * inv_freq) and
+// accurate sin/cos, and rounds once. HF instead rounds cos/sin and each product to bf16; rounding once
+// is closer to HF's float32 run, which is what the parity test measures.
+// Launch: grid (ceil(num_tokens * (num_heads + num_kv_heads) / warps_per_block)), block (32 * warps).
+// head_dim % 64 == 0 and head_dim <= 256 (each lane holds up to 4 rotation pairs).
+#include "common.cuh"
+
+#define MAX_PAIRS_PER_LANE 4
+
+extern "C" __global__ void qk_norm_rope_kv_bf16(
+    bf16 *__restrict__ q_out, bf16 *__restrict__ k_cache, bf16 *__restrict__ v_cache,
+    const bf16 *__restrict__ qkv, const unsigned *__restrict__ positions,
+    const unsigned *__restrict__ slot_mapping, const float *__restrict__ inv_freq,
+    const float *__restrict__ q_norm, const float *__restrict__ k_norm, float eps, int num_tokens,
+    int num_heads, int num_kv_heads, int head_dim, unsigned num_slots) {
+    const int lane = threadIdx.x & 31;
+    const int heads = num_heads + num_kv_heads;
+    const long long job = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (job >= (long long)num_tokens * heads) return;
+    const int t = (int)(job / heads), h = (int)(job % heads);
+    const bool is_q = h < num_heads;
+    const int half = head_dim / 2, pairs = half / 32;
+    const int kv_dim = num_kv_heads * head_dim;
+    const bf16 *row = qkv + (size_t)t * (num_heads * head_dim + 2 * kv_dim);
+    const bf16 *src = row + (size_t)h * head_dim;  // k heads follow the q heads directly
+
+    const unsigned slot = slot_mapping[t];
+    const bool store = !is_q && slot < num_slots;
+    if (!is_q && !store) return;  // a padding token: nothing to write for its k/v heads
+
+    float a[MAX_PAIRS_PER_LANE], b[MAX_PAIRS_PER_LANE];
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
+        if (j < pairs) {
+            a[j] = __bfloat162float(src[lane + 32 * j]);
+            b[j] = __bfloat162float(src[lane + 32 * j + half]);
+            sum_sq += a[j] * a[j] + b[j] * b[j];
+        }
+    }
+    const float *norm = is_q ? q_norm : k_norm;
+    if (norm != nullptr) {
+        const float inv = rsqrtf(warp_sum(sum_sq) / (float)head_dim + eps);
+#pragma unroll
+        for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
+            if (j < pairs) {
+                const int i = lane + 32 * j;
+                a[j] = round_bf16(norm[i] * round_bf16(a[j] * inv));
+                b[j] = round_bf16(norm[i + half] * round_bf16(b[j] * inv));
+            }
+        }
+    }
+
+    const float pos = (float)positions[t];
+    bf16 *dst = is_q ? q_out + (size_t)t * num_heads * head_dim + (size_t)h * head_dim
+                     : k_cache + (size_t)slot * kv_dim + (size_t)(h - num_heads) * head_dim;
+#pragma unroll
+    for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
+        if (j < pairs) {
+            const int i = lane + 32 * j;
+            float s, c;
+            sincosf(pos * inv_freq[i], &s, &c);
+            dst[i] = __float2bfloat16(a[j] * c - b[j] * s);
+            dst[i + half] = __float2bfloat16(b[j] * c + a[j] * s);
+        }
+    }
+    if (!is_q) {
+        const int kv_head = h - num_heads;
+        const bf16 *v_src = row + (size_t)num_heads * head_dim + kv_dim + (size_t)kv_head * head_dim;
+        bf16 *v_dst = v_cache + (size_t)slot * kv_dim + (size_t)kv_head * head_dim;
+        for (int i = lane; i < head_dim; i += 32) v_dst[i] = v_src[i];
+    }
+}

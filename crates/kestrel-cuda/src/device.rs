@@ -1,0 +1,194 @@
+//! One GPU: its context and stream, what it is, and the kernels loaded on it.
+//!
+//! Invariants:
+//! - Opening never panics for want of a driver: cudarc opens libcuda lazily and panics when it is
+//!   missing, so its presence is checked first and "no driver" / "no GPU" are `Ok(None)`.
+//! - Each kernel file is compiled (or read from the disk cache) and loaded at most once per device;
+//!   functions are looked up once and kept.
+//! - All work goes to one non-default stream (graph capture needs one).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::CUresult;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use crate::compile::{Arch, Compiler, Kernel};
+use crate::{CudaError, Result};
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    compute_capability: (u32, u32),
+    total_memory: usize,
+    arch: Arch,
+    compiler: Mutex<Option<Arc<Compiler>>>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ctx.ordinal())
+            .field("name", &self.name)
+            .field("compute_capability", &self.compute_capability)
+            .field("total_memory", &self.total_memory)
+            .field("arch", &self.arch)
+            .finish()
+    }
+}
+
+/// Whether libcuda (the driver) can be opened at all.
+pub fn driver_present() -> bool {
+    // SAFETY: only opens the library (running its initialisers) to see that it is there.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The number of GPUs the driver sees: 0 with no driver or no device.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Ok(0);
+    }
+    match CudaContext::device_count() {
+        Ok(n) => Ok(n.max(0) as usize),
+        Err(e) if e.0 == CUresult::CUDA_ERROR_NO_DEVICE => Ok(0),
+        Err(e) => Err(CudaError::driver("counting GPUs")(e)),
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`: `Ok(None)` when there is no driver or no GPU at all, an error when that
+    /// GPU is not there or the driver fails. Kernels are built for the GPU's own architecture, or for
+    /// `$KESTREL_CUDA_ARCH` (e.g. `sm_90a`) when set.
+    pub fn open(ordinal: usize) -> Result<Option<CudaDevice>> {
+        let count = device_count()?;
+        if count == 0 {
+            return Ok(None);
+        }
+        if ordinal >= count {
+            return Err(CudaError::Shape {
+                op: "CudaDevice::open",
+                message: format!("GPU {ordinal} requested but the driver sees {count}"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(CudaError::driver(format!("opening GPU {ordinal}")))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(CudaError::driver("creating a stream"))?;
+        let name = ctx.name().map_err(CudaError::driver("device name"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(CudaError::driver("compute capability"))?;
+        let total_memory = ctx
+            .total_mem()
+            .map_err(CudaError::driver("device memory"))?;
+        let arch = match std::env::var("KESTREL_CUDA_ARCH") {
+            Ok(a) if !a.is_empty() => Arch::parse(&a)?,
+            _ => Arch::from_compute_capability(major as u32, minor as u32),
+        };
+        Ok(Some(CudaDevice {
+            ctx,
+            stream,
+            name,
+            compute_capability: (major as u32, minor as u32),
+            total_memory,
+            arch,
+            compiler: Mutex::new(None),
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+    /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn compute_capability(&self) -> (u32, u32) {
+        self.compute_capability
+    }
+    /// Total device memory in bytes.
+    pub fn total_memory(&self) -> usize {
+        self.total_memory
+    }
+    /// `(free, total)` device memory in bytes, now.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(CudaError::driver("device memory info"))
+    }
+    /// The architecture kernels are compiled for.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Waits for all work queued on the device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(CudaError::driver("synchronizing the stream"))
+    }
+
+    fn compiler(&self) -> Result<Arc<Compiler>> {
+        let mut c = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let new = Arc::new(Compiler::new()?);
+        *c = Some(new.clone());
+        Ok(new)
+    }
+
+    fn module(&self, kernel: &Kernel) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(kernel.file) {
+            return Ok(m.clone());
+        }
+        let cubin = self.compiler()?.compile(kernel, &self.arch)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(CudaError::driver(format!(
+                "loading kernels/{} ({})",
+                kernel.file, self.arch
+            )))?;
+        modules.insert(kernel.file, module.clone());
+        Ok(module)
+    }
+
+    /// The `extern "C"` function `name` of `kernel`, compiling and loading the file on first use.
+    pub fn function(&self, kernel: &Kernel, name: &'static str) -> Result<CudaFunction> {
+        let key = (kernel.file, name);
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module(kernel)?
+            .load_function(name)
+            .map_err(CudaError::driver(format!(
+                "kernels/{}: function {name}",
+                kernel.file
+            )))?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, f.clone());
+        Ok(f)
+    }
+}
