@@ -2,14 +2,14 @@
 //!
 //! Quantized weights never become f32: the activations are quantized once per call into the format the
 //! weight type's integer kernel reads (see [`super::qdot`]) and every row is dotted with that, several
-//! tokens per pass over a weight row so prefill loads each block once per [`MAX_TOKENS`] tokens. Output
-//! rows are split into chunks, one rayon task each; a chunk is small enough to stay in cache while all
-//! token groups pass over it. Types without a kernel (Q2_K, Q3_K, Q4_1, Q5_1...) decode each row to
-//! f32 once per call and dot it with every token.
+//! tokens per pass over a weight row so prefill loads each block once per 4 to 8 tokens. Output rows
+//! are split into chunks, one rayon task each, writing its rows' outputs in place for every token; a
+//! chunk is small enough to stay in cache while all token groups pass over it. Types without a kernel
+//! (Q2_K, Q3_K, Q4_1, Q5_1...) decode each row to f32 once per call and dot it with every token.
 
 use rayon::prelude::*;
 
-use super::qdot::{self, RowDot, SimdLevel, MAX_TOKENS};
+use super::qdot::{self, ActFormat, RowDot, SimdLevel, MAX_TOKENS_ANY};
 use super::CpuTensor;
 use crate::formats::HostTensor;
 use crate::quant::{self, GgmlType};
@@ -26,7 +26,7 @@ pub struct CpuMatrix {
     /// First row of each part.
     starts: Vec<usize>,
     /// Each part's integer/float dot kernel and the activation format it reads, if it has one.
-    kernels: Vec<Option<(RowDot, GgmlType)>>,
+    kernels: Vec<Option<(RowDot, ActFormat)>>,
 }
 
 impl CpuMatrix {
@@ -96,49 +96,40 @@ impl CpuMatrix {
         }
         let tokens = x.rows;
         let acts = Activations::new(x, self.kernels.iter().flatten().map(|k| k.1))?;
-        // Work in output-row-major order (each task owns whole weight rows), then transpose.
-        let mut out_t = vec![0f32; self.rows * tokens];
+        let mut out = CpuTensor::zeros(tokens, self.rows);
+        let dst = OutPtr(out.data.as_mut_ptr());
+        // Each task owns whole weight rows, i.e. a range of output columns for every token.
         let mut tasks = Vec::new();
-        let mut rest: &mut [f32] = &mut out_t;
         let threads = rayon::current_num_threads().max(1);
         for (i, p) in self.parts.iter().enumerate() {
             let row_bytes = p.row_bytes()?;
             let mut per = self.rows.div_ceil(threads * 8).max(4);
-            if tokens > MAX_TOKENS {
+            if tokens > qdot::max_tokens(p.ty) {
                 per = per.min((TASK_BYTES / row_bytes.max(1)).max(1));
             }
             let mut r0 = 0;
             while r0 < p.rows() {
                 let n = per.min(p.rows() - r0);
-                let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n * tokens);
-                rest = tail;
-                tasks.push((i, r0, chunk));
+                tasks.push((i, r0, n));
                 r0 += n;
             }
         }
         tasks
             .into_par_iter()
-            .try_for_each_init(Vec::new, |buf, (i, r0, out)| {
-                self.run_task(i, r0, out, &acts, x, buf)
+            .try_for_each_init(Vec::new, |buf, (i, r0, n)| {
+                self.run_task(i, r0, n, &dst, &acts, x, buf)
             })?;
-        if tokens == 1 {
-            return Ok(CpuTensor::new(1, self.rows, out_t));
-        }
-        let mut out = CpuTensor::zeros(tokens, self.rows);
-        for (r, src) in out_t.chunks_exact(tokens).enumerate() {
-            for (t, &v) in src.iter().enumerate() {
-                out.data[t * self.rows + r] = v;
-            }
-        }
         Ok(out)
     }
 
-    /// Rows `r0..` of part `i`, as many as `out` (`[rows, tokens]`) holds.
+    /// Rows `r0..r0 + n` of part `i`, for every token, into `dst` (`[tokens, self.rows]`).
+    #[allow(clippy::too_many_arguments)]
     fn run_task(
         &self,
         i: usize,
         r0: usize,
-        out: &mut [f32],
+        n: usize,
+        dst: &OutPtr,
         acts: &Activations,
         x: &CpuTensor,
         buf: &mut Vec<f32>,
@@ -146,59 +137,68 @@ impl CpuMatrix {
         let part = &self.parts[i];
         let tokens = x.rows;
         let row_bytes = part.row_bytes()?;
-        let bytes = &part.bytes()[r0 * row_bytes..][..out.len() / tokens.max(1) * row_bytes];
+        let bytes = &part.bytes()[r0 * row_bytes..][..n * row_bytes];
+        let first = self.starts[i] + r0;
+        // SAFETY: output (t, r) is in bounds (t < tokens, r < self.rows), and only the task owning row
+        // r writes it; nothing reads the output until every task is done.
+        let put = |r: usize, t: usize, v: f32| unsafe { *dst.0.add(t * self.rows + first + r) = v };
         let Some((kernel, act_ty)) = self.kernels[i] else {
             // No kernel for this type: decode each row once and dot it with every token.
             buf.resize(self.cols, 0.0);
-            for (w, o) in bytes
-                .chunks_exact(row_bytes)
-                .zip(out.chunks_exact_mut(tokens))
-            {
+            for (r, w) in bytes.chunks_exact(row_bytes).enumerate() {
                 quant::dequantize_row(part.ty, w, buf)?;
-                for (t, o) in o.iter_mut().enumerate() {
-                    *o = dot(buf, x.row(t));
+                for t in 0..tokens {
+                    put(r, t, dot(buf, x.row(t)));
                 }
             }
             return Ok(());
         };
         let a = acts.get(act_ty);
         let a_bytes = a.len() / tokens.max(1);
-        for t0 in (0..tokens).step_by(MAX_TOKENS) {
-            let n = MAX_TOKENS.min(tokens - t0);
-            let mut rows: [&[u8]; MAX_TOKENS] = [&[]; MAX_TOKENS];
-            for (k, r) in rows[..n].iter_mut().enumerate() {
+        let group = qdot::max_tokens(part.ty);
+        for t0 in (0..tokens).step_by(group) {
+            let m = group.min(tokens - t0);
+            let mut rows: [&[u8]; MAX_TOKENS_ANY] = [&[]; MAX_TOKENS_ANY];
+            for (k, r) in rows[..m].iter_mut().enumerate() {
                 *r = &a[(t0 + k) * a_bytes..][..a_bytes];
             }
-            for (w, o) in bytes
-                .chunks_exact(row_bytes)
-                .zip(out.chunks_exact_mut(tokens))
-            {
-                kernel(w, &rows[..n], &mut o[t0..t0 + n]);
+            for (r, w) in bytes.chunks_exact(row_bytes).enumerate() {
+                let mut o = [0f32; MAX_TOKENS_ANY];
+                kernel(w, &rows[..m], &mut o[..m]);
+                for (k, &v) in o[..m].iter().enumerate() {
+                    put(r, t0 + k, v);
+                }
             }
         }
         Ok(())
     }
 }
 
+/// The output's base pointer, shared by the tasks (each writes only its own rows' columns).
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements through it, and the owner waits for all of them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
 /// The activations in every format the matrix's kernels read, each made once per call.
 struct Activations<'a> {
     f32: &'a [u8],
-    q8_0: Vec<u8>,
+    q8x: Vec<u8>,
     q8_k: Vec<u8>,
 }
 
 impl<'a> Activations<'a> {
-    fn new(x: &'a CpuTensor, types: impl Iterator<Item = GgmlType>) -> Result<Activations<'a>> {
+    fn new(x: &'a CpuTensor, types: impl Iterator<Item = ActFormat>) -> Result<Activations<'a>> {
         let mut acts = Activations {
             f32: bytemuck::cast_slice(&x.data),
-            q8_0: Vec::new(),
+            q8x: Vec::new(),
             q8_k: Vec::new(),
         };
         for ty in types {
             let dst = match ty {
-                GgmlType::Q8_0 => &mut acts.q8_0,
-                GgmlType::Q8_K => &mut acts.q8_k,
-                _ => continue,
+                ActFormat::Q8x => &mut acts.q8x,
+                ActFormat::Q8K => &mut acts.q8_k,
+                ActFormat::F32 => continue,
             };
             if dst.is_empty() && x.rows > 0 {
                 *dst = quantize_rows(ty, x)?;
@@ -207,24 +207,26 @@ impl<'a> Activations<'a> {
         Ok(acts)
     }
 
-    fn get(&self, ty: GgmlType) -> &[u8] {
+    fn get(&self, ty: ActFormat) -> &[u8] {
         match ty {
-            GgmlType::Q8_0 => &self.q8_0,
-            GgmlType::Q8_K => &self.q8_k,
-            _ => self.f32,
+            ActFormat::Q8x => &self.q8x,
+            ActFormat::Q8K => &self.q8_k,
+            ActFormat::F32 => self.f32,
         }
     }
 }
 
-fn quantize_rows(ty: GgmlType, x: &CpuTensor) -> Result<Vec<u8>> {
+fn quantize_rows(ty: ActFormat, x: &CpuTensor) -> Result<Vec<u8>> {
     let row_bytes = ty.row_bytes(x.cols)?;
     let mut out = vec![0u8; row_bytes * x.rows];
-    if x.rows == 1 {
-        quant::quantize_row(ty, &x.data, &mut out)?;
+    if x.rows <= 4 {
+        for (dst, src) in out.chunks_mut(row_bytes).zip(x.data.chunks(x.cols)) {
+            ty.quantize_row(src, dst)?;
+        }
     } else {
         out.par_chunks_mut(row_bytes)
             .zip(x.data.par_chunks(x.cols))
-            .try_for_each(|(dst, src)| quant::quantize_row(ty, src, dst))?;
+            .try_for_each(|(dst, src)| ty.quantize_row(src, dst))?;
     }
     Ok(out)
 }

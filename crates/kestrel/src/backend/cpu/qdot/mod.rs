@@ -1,14 +1,18 @@
 //! Integer dot products straight from ggml weight blocks, the way llama.cpp's `vec_dot` kernels work.
 //!
-//! A matmul quantizes its activations once (Q8_K for K-quant weights, Q8_0 for the 32-element formats)
-//! and every weight row is then dotted with them in integers, block by block, with the block scales
-//! applied per block in f32: no weight row is ever decoded to f32. Each kernel takes one weight row and
-//! up to [`MAX_TOKENS`] activation rows, so prefill unpacks each weight block once per several tokens.
-//! Float weights (F32/F16/BF16) take f32 activations and convert in registers; F32 stays exact f32.
+//! A matmul quantizes its activations once (Q8_K for K-quant weights; for the 32-element formats
+//! Kestrel's own [`act_quant`] format: f32 scales, values offset to unsigned bytes) and every weight row
+//! is then dotted with them in integers, block by block, with the block scales applied per block in
+//! f32: no weight row is ever decoded to f32. Each kernel takes one weight row and up to [`max_tokens`]
+//! activation rows (4, or 8 for the 32-element formats), so prefill unpacks each weight block once per
+//! several tokens. Float weights (F32/F16/BF16) take f32 activations and convert in registers; F32
+//! stays exact f32.
 //!
 //! Every kernel has a scalar version (the reference, and the path on machines without AVX2) and an AVX2
-//! one, chosen at run time; the tests in `tests.rs` check both against dequantize-then-f64-dot.
+//! one; the 32-element formats also have VNNI ones (512-bit with AVX-512 VNNI, 256-bit with AVX-VNNI),
+//! chosen at run time. The tests in `tests.rs` check every level against dequantize-then-f64-dot.
 
+pub mod act_quant;
 mod float;
 mod k_quants;
 mod legacy;
@@ -19,11 +23,23 @@ mod tests;
 mod x86;
 
 use crate::quant::GgmlType;
+use crate::Result;
 
-/// Activation rows one kernel call handles at most.
+/// Activation rows a kernel call takes at most for most weight types ([`max_tokens`] says per type).
 pub const MAX_TOKENS: usize = 4;
 
-/// `out[t] = w · acts[t]` for `t < acts.len() <= MAX_TOKENS`: `w` is one weight row in its file format,
+/// Activation rows one call of `w`'s kernels takes at most (at least [`MAX_TOKENS`]).
+pub fn max_tokens(w: GgmlType) -> usize {
+    match w {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => legacy::MAX_TOKENS,
+        _ => MAX_TOKENS,
+    }
+}
+
+/// The most any kernel takes.
+pub const MAX_TOKENS_ANY: usize = legacy::MAX_TOKENS;
+
+/// `out[t] = w · acts[t]` for `t < acts.len() <= max_tokens(type)`: `w` is one weight row in its file format,
 /// each `acts[t]` the same number of elements in the format [`act_type`] names.
 pub type RowDot = fn(w: &[u8], acts: &[&[u8]], out: &mut [f32]);
 
@@ -32,6 +48,8 @@ pub type RowDot = fn(w: &[u8], acts: &[&[u8]], out: &mut [f32]);
 pub enum SimdLevel {
     Scalar,
     Avx2,
+    /// AVX2 plus 256-bit `vpdpbusd` (AVX-512 VNNI + VL, or AVX-VNNI).
+    Vnni,
 }
 
 impl SimdLevel {
@@ -41,6 +59,9 @@ impl SimdLevel {
         #[cfg(target_arch = "x86_64")]
         if x86::has_avx2() {
             v.push(SimdLevel::Avx2);
+            if x86::has_vnni() {
+                v.push(SimdLevel::Vnni);
+            }
         }
         v
     }
@@ -50,12 +71,56 @@ impl SimdLevel {
     }
 }
 
+/// The formats kernels read activations in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActFormat {
+    /// The f32 values themselves (float weights).
+    F32,
+    /// ggml's Q8_K (K-quant weights).
+    Q8K,
+    /// [`act_quant::BlockQ8x`] (Q8_0, Q4_0, Q5_0 weights).
+    Q8x,
+}
+
+impl ActFormat {
+    pub fn row_bytes(self, cols: usize) -> Result<usize> {
+        match self {
+            ActFormat::F32 => Ok(cols * 4),
+            ActFormat::Q8K => GgmlType::Q8_K.row_bytes(cols),
+            ActFormat::Q8x => GgmlType::Q8_0
+                .row_bytes(cols)
+                .map(|_| act_quant::row_bytes(cols)),
+        }
+    }
+
+    /// Quantizes one row of activations into this format (`row_bytes(src.len())` bytes).
+    pub fn quantize_row(self, src: &[f32], dst: &mut [u8]) -> Result<()> {
+        match self {
+            ActFormat::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+            ActFormat::Q8K => act_quant::quantize_row_q8k(src, dst)?,
+            ActFormat::Q8x => act_quant::quantize_row(src, dst),
+        }
+        Ok(())
+    }
+
+    /// Back to f32 (tests).
+    #[cfg(test)]
+    pub fn dequantize_row(self, src: &[u8], dst: &mut [f32]) -> Result<()> {
+        match self {
+            ActFormat::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+            ActFormat::Q8K => crate::quant::dequantize_row(GgmlType::Q8_K, src, dst)?,
+            ActFormat::Q8x => act_quant::dequantize_row(src, dst),
+        }
+        Ok(())
+    }
+}
+
 /// The activation format the kernels for weights of type `w` read; `None` where there is no kernel.
-pub fn act_type(w: GgmlType) -> Option<GgmlType> {
+pub fn act_type(w: GgmlType) -> Option<ActFormat> {
     match w {
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Some(GgmlType::Q8_K),
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => Some(GgmlType::Q8_0),
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Some(GgmlType::F32),
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Some(ActFormat::Q8K),
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => Some(ActFormat::Q8x),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Some(ActFormat::F32),
         _ => None,
     }
 }
@@ -76,6 +141,13 @@ pub fn kernel(w: GgmlType, level: SimdLevel) -> Option<RowDot> {
     };
     match level {
         SimdLevel::Scalar => Some(scalar),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Vnni if x86::has_vnni() => match w {
+            GgmlType::Q8_0 => Some(legacy::vnni_q8_0),
+            GgmlType::Q4_0 => Some(legacy::vnni_q4_0),
+            GgmlType::Q5_0 => Some(legacy::vnni_q5_0),
+            _ => kernel(w, SimdLevel::Avx2),
+        },
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 if x86::has_avx2() => Some(match w {
             GgmlType::Q8_0 => legacy::avx2_q8_0,

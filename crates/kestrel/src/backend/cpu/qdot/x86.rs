@@ -11,6 +11,28 @@ pub fn has_avx2() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// AVX-512 F/BW/VL/VNNI (the 512-bit kernels; `vpdpbusd` on 256 and 512 bits), detected once.
+pub fn has_avx512_vnni() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// AVX-VNNI (`vpdpbusd ymm`, VEX).
+pub fn has_avx_vnni() -> bool {
+    has_avx2() && is_x86_feature_detected!("avxvnni")
+}
+
+/// Either form of 256-bit `vpdpbusd`.
+pub fn has_vnni() -> bool {
+    has_avx512_vnni() || has_avx_vnni()
+}
+
 /// 32 bytes from `s[off..off + 32]` (panics when out of range, so the load can never overrun).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
