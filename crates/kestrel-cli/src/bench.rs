@@ -9,7 +9,9 @@ use clap::Args;
 use kestrel::engine::generate::SingleSequence;
 use serde_json::json;
 
-use crate::common::ModelArgs;
+use kestrel::backend::Backend;
+
+use crate::common::{ModelArgs, Ready, WithModel};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -59,7 +61,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.n_prompt > 0 || args.n_gen > 0,
         "nothing to measure: -p (prompt tokens) and -n (generated tokens) are both 0"
     );
-    let (backend, loaded) = args.model.load()?;
+    args.model.clone().dispatch(args)
+}
+
+impl WithModel for BenchArgs {
+    fn run<B: Backend>(self, ready: Ready<B>) -> Result<()> {
+        bench_with(self, ready)
+    }
+}
+
+fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
+    let Ready {
+        backend, loaded, ..
+    } = ready;
     let vocab = loaded.config.vocab_size as u32;
     // Fixed pseudo-random prompt tokens (llama-bench uses random tokens too).
     let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u64)
@@ -72,7 +86,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         for rep in 0..=args.repetitions {
             let mut seq = SingleSequence::new(&backend, model, args.n_prompt)?;
             let t = Instant::now();
-            seq.feed(&backend, model, &tokens[..args.n_prompt], false)?;
+            seq.feed_argmax(&backend, model, &tokens[..args.n_prompt])?;
             if rep > 0 {
                 speeds.push(args.n_prompt as f64 / t.elapsed().as_secs_f64());
             }
@@ -85,7 +99,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let mut seq = SingleSequence::new(&backend, model, args.n_gen)?;
             let t = Instant::now();
             for i in 0..args.n_gen {
-                seq.feed(&backend, model, &tokens[i % tokens.len()..][..1], false)?;
+                seq.feed_argmax(&backend, model, &tokens[i % tokens.len()..][..1])?;
             }
             if rep > 0 {
                 speeds.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
@@ -94,7 +108,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         results.push((format!("tg{}", args.n_gen), mean_sd(&speeds)));
     }
     let model_name = loaded.source.path().display().to_string();
-    let backend_name = kestrel::backend::Backend::name(&backend);
+    let backend_name = backend.name();
     if args.json {
         let rows: Vec<_> = results
             .iter()

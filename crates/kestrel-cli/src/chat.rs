@@ -7,7 +7,10 @@ use clap::Args;
 use kestrel::engine::generate::generate;
 use serde_json::{json, Value};
 
-use crate::common::{ModelArgs, SamplingArgs};
+use kestrel::backend::Backend;
+use kestrel::engine::loaded::LoadedModel;
+
+use crate::common::{ModelArgs, Ready, SamplingArgs, WithModel};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -60,9 +63,22 @@ impl ThinkFilter {
 }
 
 pub fn chat(args: ChatArgs) -> Result<()> {
+    args.sampling.params()?;
+    args.model.clone().dispatch(args)
+}
+
+impl WithModel for ChatArgs {
+    fn run<B: Backend>(self, ready: Ready<B>) -> Result<()> {
+        chat_with(self, ready)
+    }
+}
+
+fn chat_with<B: Backend>(args: ChatArgs, ready: Ready<B>) -> Result<()> {
     let params = args.sampling.params()?;
-    let (backend, loaded) = args.model.load()?;
-    let context = args.model.context(&loaded)?;
+    let context = args.model.context(&ready)?;
+    let Ready {
+        backend, loaded, ..
+    } = ready;
     let template = loaded
         .chat_template
         .as_ref()
@@ -78,9 +94,10 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     };
     reset(&mut history);
     eprintln!(
-        "kestrel chat: {} ({}). /reset clears the history, /exit quits.",
+        "kestrel chat: {} ({}; {}). /reset clears the history, /exit quits.",
         args.model.model,
-        backend_name(&loaded)
+        model_summary(&loaded),
+        backend.name()
     );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -142,9 +159,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     Ok(())
 }
 
-fn backend_name(
-    loaded: &kestrel::engine::loaded::LoadedModel<kestrel::backend::cpu::CpuBackend>,
-) -> String {
+fn model_summary<B: Backend>(loaded: &LoadedModel<B>) -> String {
     format!(
         "{}, {} layers",
         loaded.config.arch.name(),

@@ -1,11 +1,21 @@
-//! Options shared by the subcommands: the model, the threads, and the sampler.
+//! Options shared by the subcommands: the model and the device it runs on, the threads, and the
+//! sampler; and the dispatch that runs a subcommand's generic body on the chosen backend.
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use kestrel::backend::cpu::CpuBackend;
+use kestrel::backend::Backend;
 use kestrel::engine::loaded::LoadedModel;
 use kestrel::engine::sampling::SamplingParams;
 use kestrel::KestrelError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// An NVIDIA GPU (BF16 weights)
+    Cuda,
+    /// The CPU reference backend (every weight format)
+    Cpu,
+}
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -15,13 +25,38 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores)
     #[arg(short, long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
-    /// Context size in tokens (prompt + generated); default: the model's maximum, capped at 8192
+    /// Context size in tokens (prompt + generated); default: the model's maximum, capped at 8192 (and,
+    /// on a GPU, at what the KV cache holds)
     #[arg(short = 'c', long, allow_negative_numbers = true)]
     pub ctx_size: Option<usize>,
+    /// Where to run: cuda or cpu [default: cuda when this binary has CUDA support and a GPU is found, else cpu]
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Fraction of the GPU's memory this process may use (weights, activations, KV cache) (vLLM's meaning)
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    pub gpu_memory_utilization: f32,
+    /// Run the GPU without CUDA graphs. CUDA graphs are not implemented yet, so eager is the only mode
+    /// today and this flag changes nothing
+    #[arg(long)]
+    pub eager: bool,
+}
+
+/// A loaded model on its backend, ready for a subcommand.
+pub struct Ready<B: Backend> {
+    pub backend: B,
+    pub loaded: LoadedModel<B>,
+    /// Tokens the device's KV cache can hold (None on the CPU: host memory, not planned).
+    pub kv_tokens: Option<usize>,
+}
+
+/// A subcommand's body, written once for every backend.
+pub trait WithModel {
+    fn run<B: Backend>(self, ready: Ready<B>) -> Result<()>;
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<(CpuBackend, LoadedModel<CpuBackend>)> {
+    /// Loads the model on the chosen device and runs `task` with it.
+    pub fn dispatch(&self, task: impl WithModel) -> Result<()> {
         if let Some(n) = self.threads {
             anyhow::ensure!(n > 0, "invalid value for --threads: must be at least 1");
             rayon::ThreadPoolBuilder::new()
@@ -29,21 +64,83 @@ impl ModelArgs {
                 .build_global()
                 .context("setting up the thread pool")?;
         }
+        anyhow::ensure!(
+            self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0,
+            "invalid value for --gpu-memory-utilization: {} is not in (0, 1]",
+            self.gpu_memory_utilization
+        );
+        match self.device {
+            Some(Device::Cpu) => task.run(self.load_cpu()?),
+            Some(Device::Cuda) => self.run_cuda(task, true),
+            None => self.run_cuda(task, false),
+        }
+    }
+
+    fn load_cpu(&self) -> Result<Ready<CpuBackend>> {
         let backend = CpuBackend::new();
         let loaded = LoadedModel::load(&self.model, &backend)
             .with_context(|| format!("loading model '{}'", self.model))?;
-        Ok((backend, loaded))
+        Ok(Ready {
+            backend,
+            loaded,
+            kv_tokens: None,
+        })
     }
 
-    pub fn context(&self, loaded: &LoadedModel<CpuBackend>) -> Result<usize> {
-        let max = loaded.config.max_position_embeddings;
+    #[cfg(not(feature = "cuda"))]
+    fn run_cuda(&self, task: impl WithModel, asked: bool) -> Result<()> {
+        anyhow::ensure!(
+            !asked,
+            "--device cuda: this kestrel was built without CUDA support (build it with \
+             `cargo build --release --features kestrel-cli/cuda`), or use --device cpu"
+        );
+        task.run(self.load_cpu()?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda(&self, task: impl WithModel, asked: bool) -> Result<()> {
+        use kestrel::engine::generate::BLOCK_SIZE;
+        use kestrel_cuda::backend::CudaBackend;
+        let backend = match CudaBackend::open(0) {
+            Ok(Some(b)) => b,
+            Ok(None) if asked => anyhow::bail!(
+                "--device cuda: no NVIDIA GPU found (no driver, or the driver sees no GPU); use --device cpu"
+            ),
+            Err(e) if asked => return Err(e).context("--device cuda: opening GPU 0"),
+            Ok(None) | Err(_) => return task.run(self.load_cpu()?),
+        };
+        let loaded = (|| {
+            let source = kestrel::formats::source::ModelSource::open(&self.model)?;
+            backend.check_weights_fit(&source.config()?)?;
+            LoadedModel::load(&self.model, &backend)
+        })()
+        .with_context(|| format!("loading model '{}' on {}", self.model, backend.name()))?;
+        let blocks =
+            backend.kv_cache_blocks(&loaded.config, self.gpu_memory_utilization, BLOCK_SIZE)?;
+        task.run(Ready {
+            backend,
+            loaded,
+            kv_tokens: Some(blocks * BLOCK_SIZE),
+        })
+    }
+
+    /// The context size: --ctx-size, or the model's maximum capped at 8192; never more than the KV
+    /// cache holds.
+    pub fn context<B: Backend>(&self, ready: &Ready<B>) -> Result<usize> {
+        let max = ready.loaded.config.max_position_embeddings;
+        let fits = ready.kv_tokens.unwrap_or(usize::MAX);
         match self.ctx_size {
             Some(0) => anyhow::bail!("invalid value for --ctx-size: must be at least 1"),
             Some(c) if c > max => anyhow::bail!(
                 "invalid value for --ctx-size: {c} is more than the model's maximum of {max} positions"
             ),
+            Some(c) if c > fits => anyhow::bail!(
+                "invalid value for --ctx-size: {c} tokens don't fit the KV cache, which holds {fits} \
+                 with --gpu-memory-utilization {}",
+                self.gpu_memory_utilization
+            ),
             Some(c) => Ok(c),
-            None => Ok(max.min(8192)),
+            None => Ok(max.min(8192).min(fits)),
         }
     }
 }

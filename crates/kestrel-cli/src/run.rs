@@ -7,7 +7,9 @@ use clap::Args;
 use kestrel::engine::generate::generate;
 use serde_json::json;
 
-use crate::common::{ModelArgs, SamplingArgs};
+use kestrel::backend::Backend;
+
+use crate::common::{ModelArgs, Ready, SamplingArgs, WithModel};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -29,9 +31,22 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    args.sampling.params()?;
+    args.model.clone().dispatch(args)
+}
+
+impl WithModel for RunArgs {
+    fn run<B: Backend>(self, ready: Ready<B>) -> Result<()> {
+        run_with(self, ready)
+    }
+}
+
+fn run_with<B: Backend>(args: RunArgs, ready: Ready<B>) -> Result<()> {
     let params = args.sampling.params()?;
-    let (backend, loaded) = args.model.load()?;
-    let context = args.model.context(&loaded)?;
+    let context = args.model.context(&ready)?;
+    let Ready {
+        backend, loaded, ..
+    } = ready;
     let text = if args.raw {
         args.prompt.clone()
     } else {

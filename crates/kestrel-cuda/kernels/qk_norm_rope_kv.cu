@@ -11,7 +11,8 @@
 // accurate sin/cos, and rounds once. HF instead rounds cos/sin and each product to bf16; rounding once
 // is closer to HF's float32 run, which is what the parity test measures.
 // Launch: grid (ceil(num_tokens * (num_heads + num_kv_heads) / warps_per_block)), block (32 * warps).
-// head_dim % 64 == 0 and head_dim <= 256 (each lane holds up to 4 rotation pairs).
+// head_dim % 16 == 0 and head_dim <= 256: lane l holds rotation pairs l, l + 32, ... below head_dim / 2
+// (up to 4; with head_dim 32 lanes 16..31 hold none and add 0 to the norm's sum).
 #include "common.cuh"
 
 #define MAX_PAIRS_PER_LANE 4
@@ -28,7 +29,7 @@ extern "C" __global__ void qk_norm_rope_kv_bf16(
     if (job >= (long long)num_tokens * heads) return;
     const int t = (int)(job / heads), h = (int)(job % heads);
     const bool is_q = h < num_heads;
-    const int half = head_dim / 2, pairs = half / 32;
+    const int half = head_dim / 2;
     const int kv_dim = num_kv_heads * head_dim;
     const bf16 *row = qkv + (size_t)t * (num_heads * head_dim + 2 * kv_dim);
     const bf16 *src = row + (size_t)h * head_dim;  // k heads follow the q heads directly
@@ -41,7 +42,7 @@ extern "C" __global__ void qk_norm_rope_kv_bf16(
     float sum_sq = 0.0f;
 #pragma unroll
     for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
-        if (j < pairs) {
+        if (lane + 32 * j < half) {
             a[j] = __bfloat162float(src[lane + 32 * j]);
             b[j] = __bfloat162float(src[lane + 32 * j + half]);
             sum_sq += a[j] * a[j] + b[j] * b[j];
@@ -52,7 +53,7 @@ extern "C" __global__ void qk_norm_rope_kv_bf16(
         const float inv = rsqrtf(warp_sum(sum_sq) / (float)head_dim + eps);
 #pragma unroll
         for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
-            if (j < pairs) {
+            if (lane + 32 * j < half) {
                 const int i = lane + 32 * j;
                 a[j] = round_bf16(norm[i] * round_bf16(a[j] * inv));
                 b[j] = round_bf16(norm[i + half] * round_bf16(b[j] * inv));
@@ -65,7 +66,7 @@ extern "C" __global__ void qk_norm_rope_kv_bf16(
                      : k_cache + (size_t)slot * kv_dim + (size_t)(h - num_heads) * head_dim;
 #pragma unroll
     for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
-        if (j < pairs) {
+        if (lane + 32 * j < half) {
             const int i = lane + 32 * j;
             float s, c;
             sincosf(pos * inv_freq[i], &s, &c);

@@ -43,9 +43,23 @@ pub const RMS_NORM: Kernel = kernel!("rms_norm.cu");
 pub const QK_NORM_ROPE_KV: Kernel = kernel!("qk_norm_rope_kv.cu");
 pub const SILU_MUL: Kernel = kernel!("silu_mul.cu");
 pub const GEMV_BF16: Kernel = kernel!("gemv_bf16.cu");
+pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
+pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
+pub const ARGMAX: Kernel = kernel!("argmax.cu");
+pub const ELEMENTWISE: Kernel = kernel!("elementwise.cu");
 
 /// Every kernel file; the NVRTC test compiles each for sm_80 and sm_90.
-pub const ALL_KERNELS: &[Kernel] = &[EMBEDDING, RMS_NORM, QK_NORM_ROPE_KV, SILU_MUL, GEMV_BF16];
+pub const ALL_KERNELS: &[Kernel] = &[
+    EMBEDDING,
+    RMS_NORM,
+    QK_NORM_ROPE_KV,
+    SILU_MUL,
+    GEMV_BF16,
+    ARGMAX,
+    ELEMENTWISE,
+    ATTENTION_DECODE,
+    ATTENTION_PREFILL,
+];
 
 const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../kernels/common.cuh"));
 

@@ -33,6 +33,8 @@ pub enum CudaError {
         kernel: &'static str,
         source: DriverError,
     },
+    #[error("cuBLAS: {context}: {message}")]
+    Cublas { context: String, message: String },
     #[error("{op}: {message}")]
     Shape { op: &'static str, message: String },
 }

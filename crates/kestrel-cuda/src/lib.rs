@@ -12,6 +12,7 @@
 //! `../shared/tools/gpu-bundle --features kestrel-cli/cuda --tests kestrel_cuda`, then there
 //! `bash .gpu/run-tests.sh`.
 
+pub mod backend;
 pub mod compile;
 pub mod device;
 pub mod dtype;

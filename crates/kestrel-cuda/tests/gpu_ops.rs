@@ -421,8 +421,11 @@ fn qk_norm_rope_kv_matches_the_reference_and_writes_only_its_slots() {
     let mut rng = Rng::new("qk_norm_rope_kv");
     let (block_size, num_blocks, theta, eps) = (16, 40, 1_000_000.0f32, 1e-6f32);
     let slots = block_size * num_blocks;
-    // (heads, kv heads, head_dim, q/k norms, tokens): Qwen3-0.6B, Qwen3-4B, Qwen2.5-0.5B (no norms)
+    // (heads, kv heads, head_dim, q/k norms, tokens): Qwen3-0.6B, Qwen3-4B, Qwen2.5-0.5B (no norms),
+    // the tiny test models (head_dim 32: half the lanes hold no pair) and a head_dim not a power of 2
     let cases = [
+        (4, 2, 32, true, 9),
+        (6, 3, 48, true, 4),
         (16, 8, 128, true, 1),
         (16, 8, 128, true, 7),
         (32, 8, 128, true, 5),

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod model;
+pub mod parity;
 pub mod quant;
 pub mod tokenizer;
 

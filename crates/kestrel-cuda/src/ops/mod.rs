@@ -2,7 +2,11 @@
 //! host before launching, so the kernels themselves check nothing. Buffers are any cudarc device
 //! memory (`CudaSlice`, `CudaView`, `CudaViewMut`); shapes are implied by lengths where they can be.
 
+pub mod argmax;
+pub mod attention;
+pub mod elementwise;
 pub mod embedding;
+pub mod gemm;
 pub mod gemv;
 pub mod norm;
 pub mod qk_norm_rope_kv;
@@ -18,6 +22,7 @@ use crate::{CudaDevice, CudaError, Result};
 pub(crate) enum Arg {
     Ptr(CUdeviceptr),
     I32(i32),
+    I64(i64),
     U32(u32),
     F32(f32),
 }
@@ -35,6 +40,7 @@ pub(crate) fn launch(
         match a {
             Arg::Ptr(p) => b.arg(p),
             Arg::I32(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
             Arg::U32(v) => b.arg(v),
             Arg::F32(v) => b.arg(v),
         };

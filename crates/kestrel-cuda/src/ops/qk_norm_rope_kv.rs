@@ -55,10 +55,10 @@ where
         num_kv_heads,
         head_dim,
     } = shape;
-    if head_dim == 0 || !head_dim.is_multiple_of(64) || head_dim > 256 {
+    if head_dim == 0 || !head_dim.is_multiple_of(16) || head_dim > 256 {
         return Err(shape_error(
             OP,
-            format!("head_dim {head_dim} must be 64, 128, 192 or 256"),
+            format!("head_dim {head_dim} must be a multiple of 16 up to 256"),
         ));
     }
     if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {

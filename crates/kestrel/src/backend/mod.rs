@@ -33,6 +33,9 @@ pub trait Backend: Send + Sync {
     /// A small f32 vector (norm weights, biases).
     type Vector: Send + Sync;
     type KvCache: Send;
+    /// A forward step's [`AttnMetadata`] in the form the attention ops read it (the CPU keeps it on the
+    /// host; a GPU uploads positions, slots and block tables once per forward, not once per layer).
+    type Metadata: Send;
 
     fn name(&self) -> String;
 
@@ -41,11 +44,22 @@ pub trait Backend: Send + Sync {
     /// Makes an f32 vector of `parts` concatenated.
     fn upload_vector(&self, parts: &[HostTensor]) -> Result<Self::Vector>;
     fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
+    /// Called once per forward step, before the first layer.
+    fn prepare_metadata(&self, meta: &AttnMetadata) -> Result<Self::Metadata>;
 
     /// Rows `tokens` of the embedding table.
     fn embed(&self, table: &Self::Matrix, tokens: &[u32]) -> Result<Self::Tensor>;
     /// RMSNorm of each row times `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
+    /// `residual += x`, then returns the RMSNorm of each row of the new residual times `weight` (the
+    /// decoder layer's add + norm, with the residual stream carried alongside).
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
     /// `x · wᵀ (+ bias)`.
     fn matmul(
         &self,
@@ -68,7 +82,7 @@ pub trait Backend: Send + Sync {
         &self,
         qkv: &Self::Tensor,
         p: &AttnParams<'_, Self::Vector>,
-        meta: &AttnMetadata,
+        meta: &Self::Metadata,
         cache: &mut Self::KvCache,
         layer: usize,
     ) -> Result<Self::Tensor>;
@@ -77,7 +91,7 @@ pub trait Backend: Send + Sync {
         &self,
         q: &Self::Tensor,
         p: &AttnParams<'_, Self::Vector>,
-        meta: &AttnMetadata,
+        meta: &Self::Metadata,
         cache: &Self::KvCache,
         layer: usize,
     ) -> Result<Self::Tensor>;
@@ -85,4 +99,12 @@ pub trait Backend: Send + Sync {
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
     /// Copies a tensor to the host: (rows, cols, values).
     fn to_host(&self, x: &Self::Tensor) -> Result<(usize, usize, Vec<f32>)>;
+    /// The index of each row's largest value, ties to the lowest index (greedy decoding: a GPU moves
+    /// only the token ids to the host).
+    fn argmax(&self, logits: &Self::Tensor) -> Result<Vec<u32>> {
+        let (rows, cols, data) = self.to_host(logits)?;
+        Ok((0..rows)
+            .map(|r| crate::engine::sampling::argmax(&data[r * cols..(r + 1) * cols]))
+            .collect())
+    }
 }

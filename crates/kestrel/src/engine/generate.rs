@@ -80,23 +80,25 @@ impl<B: Backend> SingleSequence<B> {
         self.block_table.len() * BLOCK_SIZE
     }
 
-    /// Feeds `tokens` (appended after what the cache holds) and returns the logits of the rows chosen by
-    /// `all_logits`: every new token, or only the last. Logits come back as host f32 rows.
-    pub fn feed(
+    /// Feeds `tokens` (appended after what the cache holds) in chunks of [`PREFILL_CHUNK`], calling
+    /// `on_logits` with each chunk's logits tensor: every new token's row, or only the last row of the
+    /// last chunk.
+    fn forward_chunks(
         &mut self,
         backend: &B,
         model: &Qwen3Model<B>,
         tokens: &[u32],
         all_logits: bool,
-    ) -> Result<Vec<Vec<f32>>> {
+        mut on_logits: impl FnMut(B::Tensor) -> Result<()>,
+    ) -> Result<()> {
         if self.len + tokens.len() > self.capacity() {
             return Err(KestrelError::PromptTooLong {
                 prompt_tokens: self.len + tokens.len(),
                 context: self.capacity(),
             });
         }
-        let mut rows_out = Vec::new();
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
+        let chunks = tokens.len().div_ceil(PREFILL_CHUNK);
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             self.len += chunk.len();
             let meta = AttnMetadata::new(
                 BLOCK_SIZE,
@@ -107,20 +109,60 @@ impl<B: Backend> SingleSequence<B> {
                     block_table: self.block_table.clone(),
                 }],
             )?;
+            // Without all_logits an earlier chunk of a long prompt only fills the cache; its last row's
+            // logits are computed (the cheapest) and dropped.
             let rows: Vec<usize> = if all_logits {
                 (0..chunk.len()).collect()
             } else {
                 vec![chunk.len() - 1]
             };
             let logits = model.forward(backend, chunk, &meta, &mut self.cache, &rows)?;
+            if all_logits || i + 1 == chunks {
+                on_logits(logits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds `tokens` (appended after what the cache holds) and returns the logits of the rows chosen by
+    /// `all_logits`: every new token, or only the last. Logits come back as host f32 rows.
+    pub fn feed(
+        &mut self,
+        backend: &B,
+        model: &Qwen3Model<B>,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut rows_out = Vec::new();
+        self.forward_chunks(backend, model, tokens, all_logits, |logits| {
             let (n, vocab, data) = backend.to_host(&logits)?;
             rows_out.extend((0..n).map(|r| data[r * vocab..(r + 1) * vocab].to_vec()));
-        }
-        if !all_logits && rows_out.len() > 1 {
-            rows_out.drain(..rows_out.len() - 1);
-        }
+            Ok(())
+        })?;
         Ok(rows_out)
     }
+
+    /// Feeds `tokens` and returns the argmax of the last token's logits, computed by the backend (on a
+    /// GPU only the token id crosses to the host).
+    pub fn feed_argmax(
+        &mut self,
+        backend: &B,
+        model: &Qwen3Model<B>,
+        tokens: &[u32],
+    ) -> Result<u32> {
+        let mut next = None;
+        self.forward_chunks(backend, model, tokens, false, |logits| {
+            next = backend.argmax(&logits)?.pop();
+            Ok(())
+        })?;
+        next.ok_or_else(|| KestrelError::param("tokens", "is empty"))
+    }
+}
+
+/// What a forward step left for choosing the next token.
+enum Next {
+    Token(u32),
+    Logits(Vec<f32>),
 }
 
 /// Generates from `prompt`, calling `on_text` with each piece of text as it is ready.
@@ -154,18 +196,32 @@ pub fn generate<B: Backend>(
         params.stop_token_ids.contains(&t) || (!params.ignore_eos && eos_token_ids.contains(&t))
     };
 
+    // Plain greedy decoding takes the argmax on the backend; anything else samples host logits.
+    let greedy = params.is_plain_greedy();
+    let feed = |seq: &mut SingleSequence<B>, tokens: &[u32]| -> Result<Next> {
+        if greedy {
+            Ok(Next::Token(seq.feed_argmax(backend, model, tokens)?))
+        } else {
+            Ok(Next::Logits(
+                seq.feed(backend, model, tokens, false)?
+                    .pop()
+                    .unwrap_or_default(),
+            ))
+        }
+    };
+
     let t0 = Instant::now();
-    let mut logits = seq
-        .feed(backend, model, prompt, false)?
-        .pop()
-        .unwrap_or_default();
+    let mut pending = feed(&mut seq, prompt)?;
     let prefill_time = t0.elapsed();
     let t1 = Instant::now();
     let mut tokens = Vec::new();
     let mut finish = FinishReason::Length;
     let mut stopped_by_string = false;
     while tokens.len() < max_new {
-        let next = sampler.sample(&mut logits);
+        let next = match pending {
+            Next::Token(t) => t,
+            Next::Logits(mut logits) => sampler.sample(&mut logits),
+        };
         sampler.accept(next);
         tokens.push(next);
         if is_stop_token(next) {
@@ -186,10 +242,7 @@ pub fn generate<B: Backend>(
         if tokens.len() == max_new {
             break;
         }
-        logits = seq
-            .feed(backend, model, &[next], false)?
-            .pop()
-            .unwrap_or_default();
+        pending = feed(&mut seq, &[next])?;
     }
     if !stopped_by_string {
         let rest = stream.flush().unwrap_or_default();

@@ -51,6 +51,15 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Plain greedy decoding: temperature 0 and no penalty, so the next token is the argmax of the raw
+    /// logits (which a GPU backend computes without copying the logits to the host).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |n: &str, m: &str| Err(KestrelError::param(n, m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {

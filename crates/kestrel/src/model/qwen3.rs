@@ -1,6 +1,7 @@
 //! Qwen3 / Qwen2. Reads like the HF config: embed, then per layer
-//! `norm → qkv → q/k norm + RoPE + cache write → attention → o_proj (+residual) → norm → gate/up SiLU →
-//! down (+residual)`, then the final norm and the lm_head on the rows that need logits.
+//! `norm → qkv → q/k norm + RoPE + cache write → attention → o_proj → add + norm → gate/up SiLU →
+//! down → add + norm` (the residual carried alongside, so each norm is a fused add + norm; the last
+//! one is the final norm), then the lm_head on the rows that need logits.
 
 use crate::backend::{AttnMetadata, AttnParams, Backend};
 use crate::config::ModelConfig;
@@ -132,20 +133,24 @@ impl<B: Backend> Qwen3Model<B> {
         logit_rows: &[usize],
     ) -> Result<B::Tensor> {
         let eps = self.config.rms_norm_eps;
+        let meta = backend.prepare_metadata(meta)?;
         let mut residual = backend.embed(&self.embed, tokens)?;
+        let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
+        let mut x = backend.rms_norm(&residual, first_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let p = self.attn_params(layer);
-            let x = backend.rms_norm(&residual, &layer.attn_norm, eps)?;
             let qkv = backend.matmul(&x, &layer.qkv, layer.qkv_bias.as_ref())?;
-            let q = backend.qk_norm_rope_store_kv(&qkv, &p, meta, cache, l)?;
-            let attn = backend.attention(&q, &p, meta, cache, l)?;
-            backend.matmul_add_residual(&attn, &layer.o_proj, &mut residual)?;
-            let x = backend.rms_norm(&residual, &layer.ffn_norm, eps)?;
+            let q = backend.qk_norm_rope_store_kv(&qkv, &p, &meta, cache, l)?;
+            let attn = backend.attention(&q, &p, &meta, cache, l)?;
+            let attn_out = backend.matmul(&attn, &layer.o_proj, None)?;
+            x = backend.add_rms_norm(&mut residual, &attn_out, &layer.ffn_norm, eps)?;
             let act = backend.gate_up_silu(&x, &layer.gate_up)?;
-            backend.matmul_add_residual(&act, &layer.down, &mut residual)?;
+            let mlp_out = backend.matmul(&act, &layer.down, None)?;
+            // The next layer's input norm, or the final norm after the last layer.
+            let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
+            x = backend.add_rms_norm(&mut residual, &mlp_out, next_norm, eps)?;
         }
-        let last = backend.select_rows(&residual, logit_rows)?;
-        let x = backend.rms_norm(&last, &self.norm, eps)?;
-        backend.matmul(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        let last = backend.select_rows(&x, logit_rows)?;
+        backend.matmul(&last, self.lm_head.as_ref().unwrap_or(&self.embed), None)
     }
 }

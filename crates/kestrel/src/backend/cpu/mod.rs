@@ -67,6 +67,7 @@ impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
     type KvCache = CpuKvCache;
+    type Metadata = AttnMetadata;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
@@ -96,6 +97,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn prepare_metadata(&self, meta: &AttnMetadata) -> Result<AttnMetadata> {
+        Ok(meta.clone())
+    }
+
     fn embed(&self, table: &CpuMatrix, tokens: &[u32]) -> Result<CpuTensor> {
         let cols = table.cols;
         let mut out = CpuTensor::zeros(tokens.len(), cols);
@@ -118,6 +123,22 @@ impl Backend for CpuBackend {
             .par_chunks_mut(x.cols)
             .for_each(|row| norm_rope::rms_norm_in_place(row, weight, eps));
         Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CpuTensor,
+        x: &CpuTensor,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        check_len("residual", residual.data.len(), x.data.len())?;
+        residual
+            .data
+            .iter_mut()
+            .zip(&x.data)
+            .for_each(|(r, x)| *r += x);
+        self.rms_norm(residual, weight, eps)
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<CpuTensor> {

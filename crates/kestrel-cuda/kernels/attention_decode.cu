@@ -1,0 +1,230 @@
+// Decode attention (one query token per sequence) over the paged KV cache: flash-decoding, i.e.
+// split-K over the context, then a reduce that merges the partitions.
+//   q, out: [num_tokens, num_heads * head_dim]; sequence s owns token cu_seqlens_q[s] (its query
+//     length is 0 or 1; 0 = a padding sequence, which writes nothing)
+//   k_cache, v_cache: [num_slots, num_kv_heads * head_dim], key position pos of sequence s at slot
+//     block_tables[s * max_blocks + pos / block_size] * block_size + pos % block_size
+//   workspace: ml [num_seqs, num_heads, max_partitions, 2] (running max, sum of exp), then
+//     acc [num_seqs, num_heads, max_partitions, head_dim] (unnormalised P.V of the partition)
+// The grid depends only on (num_seqs, heads, max_partitions), never on the context lengths, which are
+// read from device memory: a CUDA graph captured once replays right as the sequences grow. Each
+// sequence splits its context into partitions of partition_size(ctx) keys (at most max_partitions
+// of them); CTAs past the last partition exit at once. A sequence with a single partition writes its
+// output directly and the reduce skips it.
+// Numerics: f32 dot products, softmax with a running max (expf, not the fast intrinsic) and f32 P.V
+// accumulation; the output is rounded to bf16 once. A sequence with no keys yields zeros.
+#include "common.cuh"
+
+#define DECODE_WARPS 4
+#define MIN_PARTITION 64  // keys; partitions are multiples of PARTITION_ALIGN of at least this
+#define PARTITION_ALIGN 32
+#define NEG_INF __int_as_float(0xff800000u)
+
+__device__ __forceinline__ int partition_size(int ctx, int max_partitions) {
+    int per = (ctx + max_partitions - 1) / max_partitions;
+    per = (per + PARTITION_ALIGN - 1) / PARTITION_ALIGN * PARTITION_ALIGN;
+    return max(per, MIN_PARTITION);
+}
+
+__device__ __forceinline__ int partition_count(int ctx, int part) {
+    return ctx <= 0 ? 1 : (ctx + part - 1) / part;
+}
+
+// One CTA: one partition of one sequence's keys, for G q heads sharing one kv head (K/V are read
+// once for the group). A lane group of LPK = pow2 >= head_dim / 8 lanes owns one key at a time, each
+// lane 8 elements (16 bytes) of it; every lane group keeps its own running max / sum / accumulator
+// over the keys it visits (no barrier in the key loop), and the CTA merges them at the end.
+// Launch: grid (num_kv_heads * ceil(group / G), num_seqs, max_partitions), block 32 * DECODE_WARPS,
+// dynamic shared memory DECODE_WARPS * G * (head_dim + 2) floats.
+template <int G, int U>
+__device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_ml,
+                                 float *__restrict__ ws_acc, const bf16 *__restrict__ q,
+                                 const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
+                                 const unsigned *__restrict__ cu_seqlens_q,
+                                 const unsigned *__restrict__ context_lens,
+                                 const unsigned *__restrict__ block_tables, int num_heads,
+                                 int num_kv_heads, int head_dim, int block_size, int max_blocks,
+                                 int max_partitions, float scale) {
+    extern __shared__ float decode_smem[];
+    const int s = blockIdx.y, p = blockIdx.z;
+    const int q_token = (int)cu_seqlens_q[s];
+    if ((int)cu_seqlens_q[s + 1] - q_token <= 0) return;
+    const int ctx = (int)context_lens[s];
+    const int part = partition_size(ctx, max_partitions);
+    const int nparts = partition_count(ctx, part);
+    if (p >= nparts) return;
+    const int k_begin = p * part, k_end = min(ctx, k_begin + part);
+
+    const int group = num_heads / num_kv_heads, chunks = (group + G - 1) / G;
+    const int kvh = blockIdx.x / chunks, g0 = (blockIdx.x % chunks) * G;
+    const int h0 = kvh * group + g0, gcount = min(G, group - g0);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int dchunks = head_dim / 8;
+    int lpk = 1;
+    while (lpk < dchunks) lpk <<= 1;
+    const int keys_per_warp = 32 / lpk, key_slots = DECODE_WARPS * keys_per_warp;
+    const int cl = lane % lpk, slot_in_cta = warp * keys_per_warp + lane / lpk;
+    const bool active = cl < dchunks;
+    const size_t kv_stride = (size_t)num_kv_heads * head_dim;
+    const unsigned *bt = block_tables + (size_t)s * max_blocks;
+
+    float qf[G][8], acc[G][8], m[G], l[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        uint4 raw = make_uint4(0, 0, 0, 0);
+        if (active && g < gcount)
+            raw = *reinterpret_cast<const uint4 *>(q + ((size_t)q_token * num_heads + h0 + g) * head_dim +
+                                                   cl * 8);
+        unpack_bf16x8(raw, qf[g]);
+        m[g] = NEG_INF;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+    }
+
+    // The trip count is the same for every thread (shuffles below need whole warps).
+    for (int base = k_begin; base < k_end; base += key_slots * U) {
+        uint4 kraw[U], vraw[U];
+        bool ok[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int pos = base + slot_in_cta + u * key_slots;
+            ok[u] = pos < k_end;
+            kraw[u] = vraw[u] = make_uint4(0, 0, 0, 0);
+            if (ok[u] && active) {
+                const size_t slot = (size_t)bt[pos / block_size] * block_size + pos % block_size;
+                const size_t off = slot * kv_stride + (size_t)kvh * head_dim + cl * 8;
+                kraw[u] = *reinterpret_cast<const uint4 *>(k_cache + off);
+                vraw[u] = *reinterpret_cast<const uint4 *>(v_cache + off);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float kf[8], vf[8], dot[G];
+            unpack_bf16x8(kraw[u], kf);
+            unpack_bf16x8(vraw[u], vf);
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                dot[g] = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dot[g] = fmaf(qf[g][e], kf[e], dot[g]);
+                for (int off = lpk >> 1; off > 0; off >>= 1)
+                    dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+            }
+            if (!ok[u]) continue;
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float sc = dot[g] * scale;
+                if (sc > m[g]) {
+                    const float a = expf(m[g] - sc);  // 0 for the first key (m = -inf)
+                    l[g] *= a;
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) acc[g][e] *= a;
+                    m[g] = sc;
+                }
+                const float pr = expf(sc - m[g]);
+                l[g] += pr;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(pr, vf[e], acc[g][e]);
+            }
+        }
+    }
+
+    // Merge the lane groups: a common max per head over the CTA, then sums of the rescaled states.
+    float *s_max = decode_smem;                        // [DECODE_WARPS][G]
+    float *s_sum = s_max + DECODE_WARPS * G;           // [DECODE_WARPS][G]
+    float *s_acc = s_sum + DECODE_WARPS * G;           // [DECODE_WARPS][G][head_dim]
+    float cta_max[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        float mx = m[g];
+        for (int off = lpk; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        if (lane == 0) s_max[warp * G + g] = mx;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        cta_max[g] = s_max[g];
+        for (int w = 1; w < DECODE_WARPS; ++w) cta_max[g] = fmaxf(cta_max[g], s_max[w * G + g]);
+        const float f = m[g] == NEG_INF ? 0.0f : expf(m[g] - cta_max[g]);
+        l[g] *= f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] *= f;
+        for (int off = lpk; off < 32; off <<= 1) {
+            l[g] += __shfl_xor_sync(0xffffffffu, l[g], off);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
+        }
+        if (lane == 0) s_sum[warp * G + g] = l[g];
+        if (lane < lpk && active) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s_acc[(warp * G + g) * head_dim + cl * 8 + e] = acc[g][e];
+        }
+    }
+    __syncthreads();
+
+    const size_t q_stride = (size_t)num_heads * head_dim;
+    for (int i = threadIdx.x; i < gcount * head_dim; i += blockDim.x) {
+        const int g = i / head_dim, d = i % head_dim;
+        float a = 0.0f, sum = 0.0f;
+        for (int w = 0; w < DECODE_WARPS; ++w) {
+            a += s_acc[(w * G + g) * head_dim + d];
+            sum += s_sum[w * G + g];
+        }
+        if (nparts == 1) {
+            out[(size_t)q_token * q_stride + (size_t)(h0 + g) * head_dim + d] =
+                __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
+        } else {
+            const size_t row = ((size_t)s * num_heads + h0 + g) * max_partitions + p;
+            ws_acc[row * head_dim + d] = a;
+            if (d == 0) {
+                float mx = s_max[g];
+                for (int w = 1; w < DECODE_WARPS; ++w) mx = fmaxf(mx, s_max[w * G + g]);
+                ws_ml[row * 2] = mx;
+                ws_ml[row * 2 + 1] = sum;
+            }
+        }
+    }
+}
+
+#define DECODE_KERNEL(G, U)                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_g##G(           \
+        bf16 *out, float *ws_ml, float *ws_acc, const bf16 *q, const bf16 *k_cache,                \
+        const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,           \
+        const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim,                \
+        int block_size, int max_blocks, int max_partitions, float scale) {                          \
+        decode_partition<G, U>(out, ws_ml, ws_acc, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
+                               block_tables, num_heads, num_kv_heads, head_dim, block_size,         \
+                               max_blocks, max_partitions, scale);                                  \
+    }
+
+DECODE_KERNEL(1, 4)
+DECODE_KERNEL(2, 4)
+DECODE_KERNEL(4, 4)
+DECODE_KERNEL(8, 2)
+
+// Merges the partitions of each (sequence, head) with more than one: out = sum_p e^(m_p - M) acc_p /
+// sum_p e^(m_p - M) l_p. Launch: grid (num_heads, num_seqs), block head_dim rounded up to 32.
+extern "C" __global__ void attention_decode_reduce(bf16 *out, const float *__restrict__ ws_ml,
+                                                   const float *__restrict__ ws_acc,
+                                                   const unsigned *__restrict__ cu_seqlens_q,
+                                                   const unsigned *__restrict__ context_lens,
+                                                   int num_heads, int head_dim, int max_partitions) {
+    const int h = blockIdx.x, s = blockIdx.y, d = threadIdx.x;
+    const int q_token = (int)cu_seqlens_q[s];
+    if ((int)cu_seqlens_q[s + 1] - q_token <= 0 || d >= head_dim) return;
+    const int ctx = (int)context_lens[s];
+    const int nparts = partition_count(ctx, partition_size(ctx, max_partitions));
+    if (nparts == 1) return;  // written by the partition kernel
+    const size_t row0 = ((size_t)s * num_heads + h) * max_partitions;
+    float mx = NEG_INF;
+    for (int p = 0; p < nparts; ++p) mx = fmaxf(mx, ws_ml[(row0 + p) * 2]);
+    float sum = 0.0f, a = 0.0f;
+    for (int p = 0; p < nparts; ++p) {
+        const float w = expf(ws_ml[(row0 + p) * 2] - mx);
+        sum = fmaf(ws_ml[(row0 + p) * 2 + 1], w, sum);
+        a = fmaf(ws_acc[(row0 + p) * head_dim + d], w, a);
+    }
+    out[(size_t)q_token * num_heads * head_dim + (size_t)h * head_dim + d] =
+        __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
+}

@@ -1,0 +1,136 @@
+//! The attention half of a layer: q/k norm + RoPE + cache write, then paged attention over the cache.
+
+use kestrel::backend::AttnParams;
+use kestrel::{KestrelError, Result};
+
+use super::metadata::CudaMetadata;
+use super::tensor::{CudaKvCache, CudaTensor, CudaVector};
+use super::{be, CudaBackend};
+use crate::ops::attention::{attention_workspace_len, paged_attention, AttnBatch, AttnShape};
+use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
+
+/// Keys per decode partition at least (the kernel's minimum), and partitions at most.
+const MIN_KEYS_PER_PARTITION: usize = 64;
+const MAX_PARTITIONS: usize = 32;
+/// Decode CTAs to aim for (sequences × kv heads × partitions): enough to fill an H100's 132 SMs.
+const TARGET_CTAS: usize = 512;
+
+/// Split-K partitions for a decode step: enough CTAs to fill the GPU, no partition under 64 keys.
+fn decode_partitions(meta: &CudaMetadata, num_kv_heads: usize) -> usize {
+    let by_len = meta.max_context_len.div_ceil(MIN_KEYS_PER_PARTITION);
+    let by_occupancy = TARGET_CTAS.div_ceil((meta.num_seqs * num_kv_heads).max(1));
+    by_len.min(by_occupancy).clamp(1, MAX_PARTITIONS)
+}
+
+fn check_layer(cache: &CudaKvCache, layer: usize) -> Result<()> {
+    if layer >= cache.k.len() {
+        return Err(KestrelError::Backend(format!(
+            "layer {layer} of a {}-layer KV cache",
+            cache.k.len()
+        )));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    pub(crate) fn qk_norm_rope_store_kv_impl(
+        &self,
+        qkv: &CudaTensor,
+        p: &AttnParams<'_, CudaVector>,
+        meta: &CudaMetadata,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<CudaTensor> {
+        check_layer(cache, layer)?;
+        if qkv.rows != meta.num_tokens {
+            return Err(KestrelError::Backend(format!(
+                "qkv has {} rows for a batch of {} tokens",
+                qkv.rows, meta.num_tokens
+            )));
+        }
+        let mut q = self.tensor(qkv.rows, p.num_heads * p.head_dim)?;
+        let shape = HeadShape {
+            num_heads: p.num_heads,
+            num_kv_heads: p.num_kv_heads,
+            head_dim: p.head_dim,
+        };
+        let (positions, slots) = (meta.positions(), meta.slot_mapping());
+        self.with_inv_freq(p.head_dim, p.rope_theta, |inv_freq| {
+            let inputs = QkNormRopeInputs {
+                qkv: &qkv.data,
+                positions: &positions,
+                slot_mapping: &slots,
+                inv_freq,
+                q_norm: p.q_norm.map(|n| &n.data),
+                k_norm: p.k_norm.map(|n| &n.data),
+                rms_norm_eps: p.rms_norm_eps,
+            };
+            qk_norm_rope_kv(
+                self.device(),
+                shape,
+                &inputs,
+                &mut q.data,
+                &mut cache.k[layer],
+                &mut cache.v[layer],
+            )
+            .map_err(be)
+        })?;
+        Ok(q)
+    }
+
+    pub(crate) fn attention_impl(
+        &self,
+        q: &CudaTensor,
+        p: &AttnParams<'_, CudaVector>,
+        meta: &CudaMetadata,
+        cache: &CudaKvCache,
+        layer: usize,
+    ) -> Result<CudaTensor> {
+        check_layer(cache, layer)?;
+        let shape = AttnShape {
+            num_heads: p.num_heads,
+            num_kv_heads: p.num_kv_heads,
+            head_dim: p.head_dim,
+            block_size: meta.block_size,
+            max_blocks_per_seq: meta.max_blocks_per_seq,
+        };
+        let (cu, ctx, tables) = (
+            meta.cu_seqlens_q(),
+            meta.context_lens(),
+            meta.block_tables(),
+        );
+        let batch = AttnBatch {
+            num_seqs: meta.num_seqs,
+            num_tokens: meta.num_tokens,
+            max_query_len: meta.max_query_len,
+            cu_seqlens_q: &cu,
+            context_lens: &ctx,
+            block_tables: &tables,
+        };
+        let max_partitions = decode_partitions(meta, p.num_kv_heads);
+        let need = attention_workspace_len(&shape, meta.num_seqs, max_partitions).max(1);
+        let mut ws = self
+            .attn_workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if ws.as_ref().is_none_or(|w| w.len() < need) {
+            *ws = None; // free the old scratch before allocating the larger one
+            *ws = Some(self.alloc::<f32>(need.next_power_of_two())?);
+        }
+        let workspace = ws.as_mut().expect("allocated above");
+        let mut out = self.tensor(q.rows, q.cols)?;
+        paged_attention(
+            self.device(),
+            &shape,
+            &batch,
+            max_partitions,
+            &q.data,
+            &cache.k[layer],
+            &cache.v[layer],
+            workspace,
+            &mut out.data,
+        )
+        .map_err(be)?;
+        Ok(out)
+    }
+}

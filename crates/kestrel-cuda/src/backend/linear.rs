@@ -1,0 +1,124 @@
+//! The backend's matmuls: a few tokens (decode) go through the bf16 GEMV kernel, more (prefill)
+//! through cuBLAS; both accumulate in f32 and round the output to bf16 once, as HF's bf16 nn.Linear.
+//! Bias (Qwen2's q/k/v) is added before that rounding; the residual add after it.
+
+use cudarc::driver::DevicePtr;
+use kestrel::{KestrelError, Result};
+
+use super::tensor::{CudaMatrix, CudaTensor, CudaVector};
+use super::{be, CudaBackend};
+use crate::ops::elementwise::{bias_add, residual_add};
+use crate::ops::gemm::gemm_bf16;
+use crate::ops::gemv::{gemv_bf16, Accumulate};
+use crate::ops::silu_mul::silu_mul;
+
+/// Up to this many tokens a matmul is a GEMV (weights streamed once per token from L2 at worst);
+/// beyond, cuBLAS's tensor-core GEMM wins.
+pub const GEMV_MAX_TOKENS: usize = 8;
+
+fn check_inner(x: &CudaTensor, w: &CudaMatrix) -> Result<()> {
+    if x.cols != w.cols {
+        return Err(KestrelError::Backend(format!(
+            "matmul: activations [{}, {}] against a weight [{}, {}]",
+            x.rows, x.cols, w.rows, w.cols
+        )));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// `x · wᵀ (+ bias)` as a new bf16 tensor `[x.rows, w.rows]`.
+    pub(crate) fn linear(
+        &self,
+        x: &CudaTensor,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+    ) -> Result<CudaTensor> {
+        check_inner(x, w)?;
+        if let Some(b) = bias {
+            if b.len() != w.rows {
+                return Err(KestrelError::Backend(format!(
+                    "bias of {} for a weight of {} rows",
+                    b.len(),
+                    w.rows
+                )));
+            }
+        }
+        let dev = self.device();
+        let mut y = self.tensor(x.rows, w.rows)?;
+        if x.rows <= GEMV_MAX_TOKENS {
+            let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
+            gemv_bf16(
+                dev,
+                &x.data,
+                &w.data,
+                bias,
+                w.cols,
+                &mut y.data,
+                Accumulate::Overwrite,
+            )
+            .map_err(be)?;
+            return Ok(y);
+        }
+        let guard = self.blas()?;
+        let blas = guard.as_ref().expect("created by blas()");
+        match bias {
+            None => gemm_bf16(dev, blas, &x.data, &w.data, w.cols, &mut y.data).map_err(be)?,
+            Some(b) => {
+                let mut acc = self.alloc::<f32>(x.rows * w.rows)?;
+                gemm_bf16(dev, blas, &x.data, &w.data, w.cols, &mut acc).map_err(be)?;
+                bias_add(dev, &acc, &b.data, &mut y.data).map_err(be)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// `residual = bf16(residual + bf16(x · wᵀ))`.
+    pub(crate) fn linear_add_residual(
+        &self,
+        x: &CudaTensor,
+        w: &CudaMatrix,
+        residual: &mut CudaTensor,
+    ) -> Result<()> {
+        check_inner(x, w)?;
+        if (residual.rows, residual.cols) != (x.rows, w.rows) {
+            return Err(KestrelError::Backend(format!(
+                "residual [{}, {}] for an output [{}, {}]",
+                residual.rows, residual.cols, x.rows, w.rows
+            )));
+        }
+        if x.rows <= GEMV_MAX_TOKENS {
+            return gemv_bf16(
+                self.device(),
+                &x.data,
+                &w.data,
+                None,
+                w.cols,
+                &mut residual.data,
+                Accumulate::AddToOutput,
+            )
+            .map_err(be);
+        }
+        let y = self.linear(x, w, None)?;
+        residual_add(self.device(), &mut residual.data, &y.data).map_err(be)
+    }
+
+    /// `silu(x · gateᵀ) * (x · upᵀ)` over the merged gate/up weight.
+    pub(crate) fn gate_up_silu_impl(
+        &self,
+        x: &CudaTensor,
+        gate_up: &CudaMatrix,
+    ) -> Result<CudaTensor> {
+        if !gate_up.rows.is_multiple_of(2) {
+            return Err(KestrelError::Backend(format!(
+                "gate_up has {} rows, not gate and up of equal size",
+                gate_up.rows
+            )));
+        }
+        let gu = self.linear(x, gate_up, None)?;
+        let inter = gate_up.rows / 2;
+        let mut out = self.tensor(x.rows, inter)?;
+        silu_mul(self.device(), &gu.data, inter, &mut out.data).map_err(be)?;
+        Ok(out)
+    }
+}

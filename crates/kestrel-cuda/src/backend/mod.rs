@@ -1,0 +1,133 @@
+//! `CudaBackend`: kestrel's [`Backend`] on one NVIDIA GPU, in BF16 (weights, activations, residual and
+//! KV cache in bf16, every reduction in f32, rounding where HF's bf16 model rounds).
+//!
+//! Each trait op is one or two launches of the fused kernels in [`crate::ops`]. Invariants:
+//! - All work goes to the device's one stream, so ops are ordered without synchronisation; only
+//!   `to_host` and `argmax` wait (for their copy to the host).
+//! - A forward step's metadata is uploaded once ([`CudaMetadata`]), into a reused buffer.
+//! - Decode-sized matmuls (≤ [`linear::GEMV_MAX_TOKENS`] tokens) use the GEMV kernel, larger ones
+//!   cuBLAS (bf16 in, f32 compute).
+
+mod attention;
+mod linear;
+pub mod memory;
+mod metadata;
+pub mod tensor;
+mod trait_impl;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, DeviceRepr};
+use kestrel::{KestrelError, Result};
+
+use crate::dtype::Bf16;
+use crate::ops::gemm::cublas_handle;
+use crate::{CudaDevice, CudaError};
+
+pub use metadata::CudaMetadata;
+pub use tensor::{CudaKvCache, CudaMatrix, CudaTensor, CudaVector};
+
+/// A CUDA error as the library's error (its message names the kernel or driver call).
+pub(crate) fn be(e: CudaError) -> KestrelError {
+    KestrelError::Backend(e.to_string())
+}
+
+pub struct CudaBackend {
+    dev: Arc<CudaDevice>,
+    /// Created on the first prefill-sized matmul (decode alone never needs libcublas).
+    blas: Mutex<Option<CudaBlas>>,
+    meta_pool: metadata::MetaPool,
+    /// The attention kernels' f32 scratch, grown as needed.
+    attn_workspace: Mutex<Option<CudaSlice<f32>>>,
+    /// RoPE inverse frequencies per (head_dim, theta bits).
+    inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f32>>>,
+}
+
+impl CudaBackend {
+    pub fn new(dev: Arc<CudaDevice>) -> CudaBackend {
+        CudaBackend {
+            dev,
+            blas: Mutex::new(None),
+            meta_pool: Arc::new(Mutex::new(None)),
+            attn_workspace: Mutex::new(None),
+            inv_freq: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The backend on GPU `ordinal`; `Ok(None)` when there is no driver or no GPU.
+    pub fn open(ordinal: usize) -> Result<Option<CudaBackend>> {
+        Ok(CudaDevice::open(ordinal)
+            .map_err(be)?
+            .map(|d| CudaBackend::new(Arc::new(d))))
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    pub(crate) fn blas(&self) -> Result<MutexGuard<'_, Option<CudaBlas>>> {
+        let mut g = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(cublas_handle(&self.dev).map_err(be)?);
+        }
+        Ok(g)
+    }
+
+    /// Uninitialised device memory (every op writes all of its output).
+    pub(crate) fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        let s = self.dev.stream();
+        // SAFETY: the caller's kernel writes every element before anything reads it.
+        let r = if n == 0 {
+            s.null::<T>()
+        } else {
+            unsafe { s.alloc::<T>(n) }
+        };
+        r.map_err(|e| {
+            KestrelError::Backend(format!(
+                "allocating {n} elements on GPU {}: {e}",
+                self.dev.name()
+            ))
+        })
+    }
+
+    pub(crate) fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            rows,
+            cols,
+            data: self.alloc::<Bf16>(rows * cols)?,
+        })
+    }
+
+    fn upload<T: DeviceRepr>(&self, what: &str, host: &[T]) -> Result<CudaSlice<T>> {
+        self.dev.stream().clone_htod(host).map_err(|e| {
+            KestrelError::Backend(format!(
+                "uploading {what} ({:.1} MiB) to GPU {}: {e}",
+                std::mem::size_of_val(host) as f64 / (1 << 20) as f64,
+                self.dev.name()
+            ))
+        })
+    }
+
+    /// Runs `f` with the RoPE inverse frequencies of `head_dim` and `theta` on the device.
+    fn with_inv_freq<R>(
+        &self,
+        head_dim: usize,
+        theta: f32,
+        f: impl FnOnce(&CudaSlice<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut cache = self.inv_freq.lock().unwrap_or_else(|e| e.into_inner());
+        let freqs = match cache.entry((head_dim, theta.to_bits())) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // As HF computes them: 1 / theta^(2i/d), in f64 then rounded to f32.
+                let host: Vec<f32> = (0..head_dim / 2)
+                    .map(|i| (1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64)) as f32)
+                    .collect();
+                e.insert(self.upload("RoPE frequencies", &host)?)
+            }
+        };
+        f(freqs)
+    }
+}

@@ -1,0 +1,216 @@
+//! `impl Backend for CudaBackend`: each op checks shapes on the host, then launches its kernels.
+
+use kestrel::backend::{AttnMetadata, AttnParams, Backend, KvCacheSpec};
+use kestrel::formats::HostTensor;
+use kestrel::{KestrelError, Result};
+
+use super::metadata::CudaMetadata;
+use super::tensor::{
+    matrix_to_bf16, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector,
+};
+use super::{be, CudaBackend};
+use crate::dtype::to_f32;
+use crate::ops::argmax::argmax;
+use crate::ops::embedding::embedding;
+use crate::ops::norm::{add_rms_norm, rms_norm};
+
+fn check(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(KestrelError::Backend(format!(
+            "{what}: length {got}, expected {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// Row indices as u32, each checked against `rows`.
+fn row_ids(ids: impl IntoIterator<Item = usize>, rows: usize, what: &str) -> Result<Vec<u32>> {
+    ids.into_iter()
+        .map(|r| {
+            if r < rows {
+                Ok(r as u32)
+            } else if what == "token id" {
+                Err(KestrelError::param(
+                    what,
+                    format!("{r} is outside the vocabulary of {rows} tokens"),
+                ))
+            } else {
+                Err(KestrelError::Backend(format!(
+                    "row {r} of a {rows}-row tensor"
+                )))
+            }
+        })
+        .collect()
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type KvCache = CudaKvCache;
+    type Metadata = CudaMetadata;
+
+    fn name(&self) -> String {
+        let d = self.device();
+        format!("cuda: {} ({}, bf16, eager)", d.name(), d.arch())
+    }
+
+    fn upload_matrix(&self, parts: &[HostTensor]) -> Result<CudaMatrix> {
+        let (rows, cols, host) = matrix_to_bf16(parts)?;
+        let what = parts
+            .first()
+            .map_or("a matrix".to_string(), |p| format!("tensor '{}'", p.name));
+        Ok(CudaMatrix {
+            rows,
+            cols,
+            data: self.upload(&what, &host)?,
+        })
+    }
+
+    fn upload_vector(&self, parts: &[HostTensor]) -> Result<CudaVector> {
+        let host = vector_to_f32(parts)?;
+        let what = parts
+            .first()
+            .map_or("a vector".to_string(), |p| format!("tensor '{}'", p.name));
+        Ok(CudaVector {
+            data: self.upload(&what, &host)?,
+        })
+    }
+
+    fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
+        let len = spec
+            .num_blocks
+            .checked_mul(spec.block_size * spec.num_kv_heads * spec.head_dim)
+            .ok_or_else(|| KestrelError::Backend("KV cache size overflows".into()))?;
+        let zeros = || {
+            self.device().stream().alloc_zeros(len).map_err(|e| {
+                KestrelError::Backend(format!(
+                    "allocating the KV cache ({} blocks of {} tokens, {:.2} GiB in all) on GPU {}: {e}",
+                    spec.num_blocks,
+                    spec.block_size,
+                    (4 * len * spec.num_layers) as f64 / (1u64 << 30) as f64,
+                    self.device().name()
+                ))
+            })
+        };
+        let mut k = Vec::with_capacity(spec.num_layers);
+        let mut v = Vec::with_capacity(spec.num_layers);
+        for _ in 0..spec.num_layers {
+            k.push(zeros()?);
+            v.push(zeros()?);
+        }
+        Ok(CudaKvCache { spec: *spec, k, v })
+    }
+
+    fn prepare_metadata(&self, meta: &AttnMetadata) -> Result<CudaMetadata> {
+        CudaMetadata::upload(self.device(), &self.meta_pool, meta)
+    }
+
+    fn embed(&self, table: &CudaMatrix, tokens: &[u32]) -> Result<CudaTensor> {
+        let ids = row_ids(tokens.iter().map(|&t| t as usize), table.rows, "token id")?;
+        let ids = self.upload("token ids", &ids)?;
+        let mut out = self.tensor(tokens.len(), table.cols)?;
+        embedding(self.device(), &table.data, table.cols, &ids, &mut out.data).map_err(be)?;
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaVector, eps: f32) -> Result<CudaTensor> {
+        check("rms_norm weight", weight.len(), x.cols)?;
+        let mut out = self.tensor(x.rows, x.cols)?;
+        rms_norm(self.device(), &x.data, &weight.data, eps, &mut out.data).map_err(be)?;
+        Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaVector,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        check("add_rms_norm weight", weight.len(), x.cols)?;
+        check("residual", residual.data.len(), x.data.len())?;
+        let mut out = self.tensor(x.rows, x.cols)?;
+        add_rms_norm(
+            self.device(),
+            &mut residual.data,
+            &x.data,
+            &weight.data,
+            eps,
+            &mut out.data,
+        )
+        .map_err(be)?;
+        Ok(out)
+    }
+
+    fn matmul(
+        &self,
+        x: &CudaTensor,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+    ) -> Result<CudaTensor> {
+        self.linear(x, w, bias)
+    }
+
+    fn matmul_add_residual(
+        &self,
+        x: &CudaTensor,
+        w: &CudaMatrix,
+        residual: &mut CudaTensor,
+    ) -> Result<()> {
+        self.linear_add_residual(x, w, residual)
+    }
+
+    fn gate_up_silu(&self, x: &CudaTensor, gate_up: &CudaMatrix) -> Result<CudaTensor> {
+        self.gate_up_silu_impl(x, gate_up)
+    }
+
+    fn qk_norm_rope_store_kv(
+        &self,
+        qkv: &CudaTensor,
+        p: &AttnParams<'_, CudaVector>,
+        meta: &CudaMetadata,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<CudaTensor> {
+        self.qk_norm_rope_store_kv_impl(qkv, p, meta, cache, layer)
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        p: &AttnParams<'_, CudaVector>,
+        meta: &CudaMetadata,
+        cache: &CudaKvCache,
+        layer: usize,
+    ) -> Result<CudaTensor> {
+        self.attention_impl(q, p, meta, cache, layer)
+    }
+
+    fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
+        // A gather of rows is the embedding lookup with `x` as the table.
+        let ids = row_ids(rows.iter().copied(), x.rows, "row")?;
+        let ids = self.upload("row ids", &ids)?;
+        let mut out = self.tensor(rows.len(), x.cols)?;
+        embedding(self.device(), &x.data, x.cols, &ids, &mut out.data).map_err(be)?;
+        Ok(out)
+    }
+
+    fn to_host(&self, x: &CudaTensor) -> Result<(usize, usize, Vec<f32>)> {
+        let host = self
+            .device()
+            .stream()
+            .clone_dtoh(&x.data)
+            .map_err(|e| KestrelError::Backend(format!("copying a tensor to the host: {e}")))?;
+        Ok((x.rows, x.cols, to_f32(&host)))
+    }
+
+    fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
+        let mut ids = self.alloc::<u32>(logits.rows)?;
+        argmax(self.device(), &logits.data, logits.cols, &mut ids).map_err(be)?;
+        self.device()
+            .stream()
+            .clone_dtoh(&ids)
+            .map_err(|e| KestrelError::Backend(format!("copying token ids to the host: {e}")))
+    }
+}

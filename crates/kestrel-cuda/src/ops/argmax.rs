@@ -1,0 +1,52 @@
+//! Greedy sampling on the GPU: the argmax of each row of bf16 logits, so only token ids cross to the host.
+
+use crate::dtype::Bf16;
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::{expect_len, launch, shape_error, to_i32, Arg};
+use crate::compile::ARGMAX;
+use crate::{CudaDevice, Result};
+
+/// `out[r] = argmax(logits[r, :])` (ties to the lowest index, NaN never wins) with `logits`
+/// `[out.len(), cols]`.
+pub fn argmax(
+    dev: &CudaDevice,
+    logits: &impl DevicePtr<Bf16>,
+    cols: usize,
+    out: &mut impl DevicePtrMut<u32>,
+) -> Result<()> {
+    const OP: &str = "argmax";
+    if cols == 0 || !logits.len().is_multiple_of(cols) {
+        return Err(shape_error(
+            OP,
+            format!(
+                "row length {cols} must be non-zero and divide the logits' {} elements",
+                logits.len()
+            ),
+        ));
+    }
+    let rows = logits.len() / cols;
+    expect_len(OP, "out", out.len(), rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (l, _gl) = logits.device_ptr(s);
+    let (o, _go) = out.device_ptr_mut(s);
+    let cfg = LaunchConfig {
+        grid_dim: (to_i32(OP, "rows", rows)? as u32, 1, 1),
+        block_dim: (cols.next_power_of_two().clamp(32, 1024) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        &ARGMAX,
+        "argmax_bf16",
+        cfg,
+        &[
+            Arg::Ptr(o),
+            Arg::Ptr(l),
+            Arg::I32(to_i32(OP, "cols", cols)?),
+        ],
+    )
+}

@@ -1,0 +1,382 @@
+//! Causal grouped-query attention over the paged KV cache: flash-decoding (split-K over the context,
+//! then a reduce) when every sequence decodes one token, flash-attention tiles otherwise.
+//!
+//! Invariants:
+//! - The decode launches' grids depend only on `num_seqs`, the shape and `max_partitions`, never on
+//!   the context lengths (read from device memory), so a captured CUDA graph replays right as the
+//!   sequences grow. A sequence splits its context into at most `max_partitions` partitions of at
+//!   least 64 keys; partitions past its end exit at once.
+//! - Device-resident metadata (`cu_seqlens_q`, `context_lens`, `block_tables`) can't be checked here:
+//!   the caller guarantees `cu_seqlens_q` ascends from 0 to `num_tokens`, no query length exceeds
+//!   `max_query_len`, `query_len <= context_len`, and the first `ceil(context_len / block_size)`
+//!   entries of each block table name blocks inside the caches. A sequence with query length 0 writes
+//!   nothing (padding); a query with no keys yields zeros.
+//! - f32 scores, softmax (running max, `expf`) and P.V accumulation; the output is rounded to bf16
+//!   once.
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::{expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
+use crate::compile::{ATTENTION_DECODE, ATTENTION_PREFILL};
+use crate::dtype::Bf16;
+use crate::{CudaDevice, CudaError, Result};
+
+/// The attention layer's geometry and the paged cache's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    /// One of [`HEAD_DIMS`].
+    pub head_dim: usize,
+    /// Tokens per KV-cache block.
+    pub block_size: usize,
+    /// Row length of the block tables.
+    pub max_blocks_per_seq: usize,
+}
+
+/// One step's batch: `num_seqs` sequences whose new tokens are the `num_tokens` rows of `q`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBatch<'a, U> {
+    pub num_seqs: usize,
+    pub num_tokens: usize,
+    /// The longest query length in the batch (host-known); 1 means every sequence decodes, which
+    /// takes the split-K decode path.
+    pub max_query_len: usize,
+    /// `[num_seqs + 1]`: sequence `s` owns query rows `cu_seqlens_q[s] .. cu_seqlens_q[s + 1]`.
+    pub cu_seqlens_q: &'a U,
+    /// `[num_seqs]`: keys in the cache after this step, the new tokens included.
+    pub context_lens: &'a U,
+    /// `[num_seqs * max_blocks_per_seq]`: cache block of each `block_size` keys of each sequence.
+    pub block_tables: &'a U,
+}
+
+/// Warps per decode CTA; must match `DECODE_WARPS` in kernels/attention_decode.cu.
+const DECODE_WARPS: usize = 4;
+/// Query/key tile sizes and threads of the prefill kernel; must match kernels/attention_prefill.cu.
+const PREFILL_BQ: usize = 64;
+const PREFILL_BK: usize = 64;
+const PREFILL_THREADS: u32 = 256;
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM: usize = 48 * 1024;
+/// Grid y / z limit.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// f32 elements of scratch the decode path needs for `num_seqs` sequences: each (sequence, head,
+/// partition) keeps a running max, a sum and `head_dim` accumulators. The prefill path needs none.
+pub fn attention_workspace_len(shape: &AttnShape, num_seqs: usize, max_partitions: usize) -> usize {
+    num_seqs * shape.num_heads * max_partitions * (shape.head_dim + 2)
+}
+
+/// Bytes of dynamic shared memory of the prefill kernel: Q, K, V tiles (bf16, rows padded by 8) and
+/// the probabilities (f32, rows padded by 16).
+fn prefill_smem_bytes(head_dim: usize) -> usize {
+    (PREFILL_BQ + 2 * PREFILL_BK) * (head_dim + 8) * 2 + PREFILL_BQ * (PREFILL_BK + 16) * 4
+}
+
+/// Q heads a decode CTA handles for a GQA group of `group` heads: `decode_g{1,2,4,8}`.
+fn decode_heads_per_cta(group: usize) -> usize {
+    group.next_power_of_two().min(8)
+}
+
+/// Causal GQA attention of the batch's query rows `q` `[num_tokens, num_heads * head_dim]` over the
+/// paged caches `k_cache`, `v_cache` `[num_slots, num_kv_heads * head_dim]` (key `pos` of sequence
+/// `s` at slot `block_tables[s][pos / block_size] * block_size + pos % block_size`), into `out`
+/// (same shape as `q`). The decode path (`max_query_len == 1`) uses `workspace`, which must hold at
+/// least [`attention_workspace_len`]`(shape, num_seqs, max_partitions)` elements; `max_partitions`
+/// (1 ..= 65535) bounds its split of each context. The prefill path ignores both.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention<U: DevicePtr<u32>>(
+    dev: &CudaDevice,
+    shape: &AttnShape,
+    batch: &AttnBatch<'_, U>,
+    max_partitions: usize,
+    q: &impl DevicePtr<Bf16>,
+    k_cache: &impl DevicePtr<Bf16>,
+    v_cache: &impl DevicePtr<Bf16>,
+    workspace: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<Bf16>,
+) -> Result<()> {
+    const OP: &str = "paged_attention";
+    let AttnShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        max_blocks_per_seq,
+    } = *shape;
+    let (num_seqs, num_tokens) = (batch.num_seqs, batch.num_tokens);
+    let Some(prefill_name) = prefill_kernel_name(head_dim) else {
+        return Err(shape_error(
+            OP,
+            format!("head_dim {head_dim} is not one of {HEAD_DIMS:?}"),
+        ));
+    };
+    if num_heads == 0
+        || num_kv_heads == 0
+        || !num_heads.is_multiple_of(num_kv_heads)
+        || num_heads > MAX_GRID_YZ
+    {
+        return Err(shape_error(
+            OP,
+            format!("{num_heads} heads over {num_kv_heads} kv heads"),
+        ));
+    }
+    if block_size == 0 || max_blocks_per_seq == 0 {
+        return Err(shape_error(
+            OP,
+            format!("block_size {block_size} and max_blocks_per_seq {max_blocks_per_seq} must be positive"),
+        ));
+    }
+    if max_partitions == 0 || max_partitions > MAX_GRID_YZ || num_seqs > MAX_GRID_YZ {
+        return Err(shape_error(
+            OP,
+            format!("max_partitions {max_partitions} and num_seqs {num_seqs} must be 1 ..= {MAX_GRID_YZ}"),
+        ));
+    }
+    if num_tokens > num_seqs * batch.max_query_len
+        || (num_tokens > 0 && batch.max_query_len > num_tokens)
+    {
+        return Err(shape_error(
+            OP,
+            format!(
+                "{num_tokens} tokens can't be {num_seqs} sequences of at most {} queries each",
+                batch.max_query_len
+            ),
+        ));
+    }
+    let q_dim = num_heads * head_dim;
+    let kv_dim = num_kv_heads * head_dim;
+    expect_len(OP, "q", q.len(), num_tokens * q_dim)?;
+    expect_len(OP, "out", out.len(), num_tokens * q_dim)?;
+    expect_len(OP, "cu_seqlens_q", batch.cu_seqlens_q.len(), num_seqs + 1)?;
+    expect_len(OP, "context_lens", batch.context_lens.len(), num_seqs)?;
+    expect_len(
+        OP,
+        "block_tables",
+        batch.block_tables.len(),
+        num_seqs * max_blocks_per_seq,
+    )?;
+    let block_elems = block_size * kv_dim;
+    if k_cache.len() != v_cache.len() || !k_cache.len().is_multiple_of(block_elems) {
+        return Err(shape_error(
+            OP,
+            format!(
+                "k_cache ({}) and v_cache ({}) must be equal whole numbers of blocks of {block_size} x {kv_dim}",
+                k_cache.len(),
+                v_cache.len()
+            ),
+        ));
+    }
+    // The kernels index with i32 positions, block numbers and sizes.
+    to_i32(OP, "num_tokens * num_heads", num_tokens * num_heads)?;
+    to_i32(OP, "num_slots", k_cache.len() / kv_dim)?;
+    to_i32(
+        OP,
+        "num_seqs * max_blocks_per_seq",
+        batch.block_tables.len(),
+    )?;
+    let decode = batch.max_query_len == 1;
+    if decode {
+        let want = attention_workspace_len(shape, num_seqs, max_partitions);
+        if workspace.len() < want {
+            return Err(shape_error(
+                OP,
+                format!("workspace has {} elements, decode needs at least {want} ({num_seqs} sequences, {max_partitions} partitions)", workspace.len()),
+            ));
+        }
+    }
+    if num_seqs == 0 || num_tokens == 0 {
+        return Ok(());
+    }
+
+    let s = dev.stream();
+    let (qp, _gq) = q.device_ptr(s);
+    let (kp, _gk) = k_cache.device_ptr(s);
+    let (vp, _gv) = v_cache.device_ptr(s);
+    let (cu, _gc) = batch.cu_seqlens_q.device_ptr(s);
+    let (ctx, _gx) = batch.context_lens.device_ptr(s);
+    let (bt, _gb) = batch.block_tables.device_ptr(s);
+    let (op, _go) = out.device_ptr_mut(s);
+    for (what, p) in [("q", qp), ("k_cache", kp), ("v_cache", vp), ("out", op)] {
+        expect_aligned16(OP, what, p)?;
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let i32_of = |what: &str, v: usize| to_i32(OP, what, v).map(Arg::I32);
+    let (nh, nkv, hd) = (
+        i32_of("num_heads", num_heads)?,
+        i32_of("num_kv_heads", num_kv_heads)?,
+        i32_of("head_dim", head_dim)?,
+    );
+    let (bs, mb) = (
+        i32_of("block_size", block_size)?,
+        i32_of("max_blocks_per_seq", max_blocks_per_seq)?,
+    );
+
+    if !decode {
+        let name = prefill_name;
+        let smem = prefill_smem_bytes(head_dim);
+        if smem > DEFAULT_SMEM {
+            dev.function(&ATTENTION_PREFILL, name)?
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(|source| CudaError::Launch {
+                    kernel: name,
+                    source,
+                })?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (
+                batch.max_query_len.div_ceil(PREFILL_BQ) as u32,
+                num_heads as u32,
+                num_seqs as u32,
+            ),
+            block_dim: (PREFILL_THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let args = [
+            Arg::Ptr(op),
+            Arg::Ptr(qp),
+            Arg::Ptr(kp),
+            Arg::Ptr(vp),
+            Arg::Ptr(cu),
+            Arg::Ptr(ctx),
+            Arg::Ptr(bt),
+            nh,
+            nkv,
+            bs,
+            mb,
+            Arg::F32(scale),
+        ];
+        return launch(dev, &ATTENTION_PREFILL, name, cfg, &args);
+    }
+
+    let group = num_heads / num_kv_heads;
+    let g = decode_heads_per_cta(group);
+    let name = match g {
+        1 => "attention_decode_g1",
+        2 => "attention_decode_g2",
+        4 => "attention_decode_g4",
+        _ => "attention_decode_g8",
+    };
+    let (wp, _gw) = workspace.device_ptr_mut(s);
+    let ml = wp;
+    let acc = wp + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
+    let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
+    let cfg = LaunchConfig {
+        grid_dim: (
+            u32::try_from(num_kv_heads * group.div_ceil(g))
+                .map_err(|_| shape_error(OP, "too many kv heads"))?,
+            num_seqs as u32,
+            maxp as u32,
+        ),
+        block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
+        shared_mem_bytes: (DECODE_WARPS * g * (head_dim + 2) * 4) as u32,
+    };
+    let args = [
+        Arg::Ptr(op),
+        Arg::Ptr(ml),
+        Arg::Ptr(acc),
+        Arg::Ptr(qp),
+        Arg::Ptr(kp),
+        Arg::Ptr(vp),
+        Arg::Ptr(cu),
+        Arg::Ptr(ctx),
+        Arg::Ptr(bt),
+        nh,
+        nkv,
+        hd,
+        bs,
+        mb,
+        mp,
+        Arg::F32(scale),
+    ];
+    launch(dev, &ATTENTION_DECODE, name, cfg, &args)?;
+    let cfg = LaunchConfig {
+        grid_dim: (num_heads as u32, num_seqs as u32, 1),
+        block_dim: (head_dim.div_ceil(32) as u32 * 32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let args = [
+        Arg::Ptr(op),
+        Arg::Ptr(ml),
+        Arg::Ptr(acc),
+        Arg::Ptr(cu),
+        Arg::Ptr(ctx),
+        nh,
+        hd,
+        mp,
+    ];
+    launch(
+        dev,
+        &ATTENTION_DECODE,
+        "attention_decode_reduce",
+        cfg,
+        &args,
+    )
+}
+
+/// The head dimensions with a prefill kernel instance, `attention_prefill_d{head_dim}` (each instance
+/// adds NVRTC time, so not every multiple of 16).
+pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 96, 128, 192, 256];
+
+fn prefill_kernel_name(head_dim: usize) -> Option<&'static str> {
+    const NAMES: [&str; 7] = [
+        "attention_prefill_d16",
+        "attention_prefill_d32",
+        "attention_prefill_d64",
+        "attention_prefill_d96",
+        "attention_prefill_d128",
+        "attention_prefill_d192",
+        "attention_prefill_d256",
+    ];
+    HEAD_DIMS
+        .iter()
+        .position(|&d| d == head_dim)
+        .map(|i| NAMES[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_names_and_shared_memory() {
+        for d in HEAD_DIMS {
+            let name = prefill_kernel_name(d).unwrap();
+            assert_eq!(name, format!("attention_prefill_d{d}"));
+            assert!(ATTENTION_PREFILL
+                .source
+                .contains(&format!("PREFILL_KERNEL({d})\n")));
+            // sm_80 allows 163 KiB per block after opting in
+            assert!(prefill_smem_bytes(d) <= 163 * 1024, "{d}");
+        }
+        let src = ATTENTION_PREFILL.source;
+        for (name, v) in [
+            ("BQ", PREFILL_BQ),
+            ("BK", PREFILL_BK),
+            ("PREFILL_THREADS", PREFILL_THREADS as usize),
+        ] {
+            assert!(src.contains(&format!("#define {name} {v}\n")), "{name}");
+        }
+        assert!(ATTENTION_DECODE
+            .source
+            .contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
+    }
+
+    #[test]
+    fn decode_groups() {
+        let got: Vec<usize> = (1..=16).map(decode_heads_per_cta).collect();
+        assert_eq!(got, [1, 2, 4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]);
+        let shape = AttnShape {
+            num_heads: 16,
+            num_kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            max_blocks_per_seq: 4,
+        };
+        assert_eq!(attention_workspace_len(&shape, 3, 5), 3 * 16 * 5 * 130);
+    }
+}

@@ -1,0 +1,82 @@
+//! Element-wise epilogues of the prefill matmuls: bias add (from the GEMM's f32 output) and residual add.
+
+use crate::dtype::Bf16;
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::{expect_len, launch, shape_error, to_i32, Arg};
+use crate::compile::ELEMENTWISE;
+use crate::{CudaDevice, Result};
+
+fn grid_stride(n: usize) -> LaunchConfig {
+    const THREADS: usize = 256;
+    LaunchConfig {
+        grid_dim: (n.div_ceil(THREADS).clamp(1, 65_535) as u32, 1, 1),
+        block_dim: (THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `out[t, n] = bf16(acc[t, n] + bias[n])` with `acc` and `out` `[tokens, bias.len()]`.
+pub fn bias_add(
+    dev: &CudaDevice,
+    acc: &impl DevicePtr<f32>,
+    bias: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<Bf16>,
+) -> Result<()> {
+    const OP: &str = "bias_add";
+    let cols = bias.len();
+    if cols == 0 || !acc.len().is_multiple_of(cols) {
+        return Err(shape_error(
+            OP,
+            format!(
+                "bias length {cols} must be non-zero and divide the input's {} elements",
+                acc.len()
+            ),
+        ));
+    }
+    expect_len(OP, "out", out.len(), acc.len())?;
+    let rows = acc.len() / cols;
+    if rows == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (a, _ga) = acc.device_ptr(s);
+    let (b, _gb) = bias.device_ptr(s);
+    let (o, _go) = out.device_ptr_mut(s);
+    launch(
+        dev,
+        &ELEMENTWISE,
+        "bias_add_bf16",
+        grid_stride(acc.len()),
+        &[
+            Arg::Ptr(o),
+            Arg::Ptr(a),
+            Arg::Ptr(b),
+            Arg::I32(to_i32(OP, "rows", rows)?),
+            Arg::I32(to_i32(OP, "cols", cols)?),
+        ],
+    )
+}
+
+/// `residual = bf16(residual + x)`, element by element.
+pub fn residual_add(
+    dev: &CudaDevice,
+    residual: &mut impl DevicePtrMut<Bf16>,
+    x: &impl DevicePtr<Bf16>,
+) -> Result<()> {
+    const OP: &str = "residual_add";
+    expect_len(OP, "x", x.len(), residual.len())?;
+    if x.len() == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (xp, _gx) = x.device_ptr(s);
+    let (r, _gr) = residual.device_ptr_mut(s);
+    launch(
+        dev,
+        &ELEMENTWISE,
+        "residual_add_bf16",
+        grid_stride(x.len()),
+        &[Arg::Ptr(r), Arg::Ptr(xp), Arg::I64(x.len() as i64)],
+    )
+}

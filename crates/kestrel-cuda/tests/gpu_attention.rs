@@ -1,0 +1,492 @@
+//! Paged attention (decode split-K path and prefill tile path) against a plain f64 CPU reference
+//! over the same paged layout. Block tables are shuffled and non-contiguous; every cache slot not
+//! holding a key of its sequence (the tail of a last block, spare blocks, the block named by unused
+//! table entries) is NaN, and so are the output and the workspace before each run, so a read outside
+//! a sequence or an unwritten element shows.
+//!
+//! Bound: the output is rounded to bf16 once from f32 arithmetic, so every element must be within
+//! 1e-2 of its row's largest magnitude and 99% within one bf16 ulp of the f64 reference.
+//!
+//! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1. A run prints its random
+//! seed; KESTREL_TEST_SEED=<seed> repeats it.
+
+use std::sync::OnceLock;
+
+use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
+use kestrel_cuda::dtype::{to_bf16, to_f32};
+use kestrel_cuda::ops::attention::{
+    attention_workspace_len, paged_attention, AttnBatch, AttnShape,
+};
+use kestrel_cuda::{Bf16, CudaDevice, CudaError};
+
+fn device() -> Option<&'static CudaDevice> {
+    static DEV: OnceLock<Option<CudaDevice>> = OnceLock::new();
+    DEV.get_or_init(|| {
+        let require = std::env::var("KESTREL_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        match CudaDevice::open(0) {
+            Ok(Some(d)) => {
+                eprintln!("GPU 0: {}, kernels for {}", d.name(), d.arch());
+                Some(d)
+            }
+            Ok(None) if require => panic!("KESTREL_REQUIRE_GPU=1 but no GPU was found"),
+            Err(e) if require => panic!("KESTREL_REQUIRE_GPU=1 but the GPU failed to open: {e}"),
+            Ok(None) => {
+                eprintln!("skipping: no GPU (KESTREL_REQUIRE_GPU=1 makes this a failure)");
+                None
+            }
+            Err(e) => {
+                eprintln!("skipping: the GPU failed to open: {e}");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// splitmix64: fresh inputs each run, reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(test: &str) -> Rng {
+        let seed = match std::env::var("KESTREL_TEST_SEED") {
+            Ok(s) => s.parse().expect("KESTREL_TEST_SEED must be a u64"),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        eprintln!("{test}: KESTREL_TEST_SEED={seed}");
+        Rng(seed)
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Uniform in `lo ..= hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Normal values, 1% of them 10x larger (peaked softmax rows), rounded to bf16.
+    fn activations(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u1 = self.uniform().max(1e-12);
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos();
+                let outlier = if self.uniform() < 0.01 { 10.0 } else { 1.0 };
+                Bf16::from_f32((z * outlier) as f32).to_f32()
+            })
+            .collect()
+    }
+}
+
+fn bf16_ulp(x: f64) -> f64 {
+    let a = x.abs().max(f32::MIN_POSITIVE as f64);
+    2f64.powi(a.log2().floor() as i32 - 7)
+}
+
+fn upload<T: DeviceRepr>(dev: &CudaDevice, host: &[T]) -> CudaSlice<T> {
+    dev.stream().clone_htod(host).unwrap()
+}
+
+/// Heads: (num_heads, num_kv_heads, head_dim).
+type Heads = (usize, usize, usize);
+/// (what, heads, block_size, (query_len, context_len) per sequence)
+type Case = (&'static str, Heads, usize, &'static [(usize, usize)]);
+const QWEN3_06B: Heads = (16, 8, 128);
+const QWEN3_4B: Heads = (32, 8, 128);
+const SMALL: Heads = (4, 2, 64);
+
+/// A batch on the host: paged caches (NaN outside the sequences), q, metadata, and the reference.
+struct Batch {
+    shape: AttnShape,
+    /// (query_len, context_len) per sequence.
+    seqs: Vec<(usize, usize)>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    cu_seqlens: Vec<u32>,
+    context_lens: Vec<u32>,
+    block_tables: Vec<u32>,
+}
+
+impl Batch {
+    fn new(rng: &mut Rng, heads: Heads, block_size: usize, seqs: &[(usize, usize)]) -> Batch {
+        let (nh, nkv, hd) = heads;
+        let kv_dim = nkv * hd;
+        let blocks: Vec<usize> = seqs.iter().map(|&(_, c)| c.div_ceil(block_size)).collect();
+        let max_blocks = blocks.iter().max().copied().unwrap_or(0) + 1;
+        let total = blocks.iter().sum::<usize>() + 3;
+        let mut ids: Vec<u32> = (0..total as u32).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i + 1));
+        }
+        let nan_block = ids.pop().unwrap(); // unused table entries name this all-NaN block
+        let mut k = vec![f32::NAN; total * block_size * kv_dim];
+        let mut v = k.clone();
+        let mut block_tables = Vec::new();
+        for (&(_, ctx), &n) in seqs.iter().zip(&blocks) {
+            let table: Vec<u32> = ids.drain(..n).collect();
+            for pos in 0..ctx {
+                let slot = table[pos / block_size] as usize * block_size + pos % block_size;
+                k[slot * kv_dim..][..kv_dim].copy_from_slice(&rng.activations(kv_dim));
+                v[slot * kv_dim..][..kv_dim].copy_from_slice(&rng.activations(kv_dim));
+            }
+            block_tables.extend(&table);
+            block_tables.extend(std::iter::repeat_n(nan_block, max_blocks - n));
+        }
+        let mut cu_seqlens = vec![0u32];
+        for &(qlen, ctx) in seqs {
+            assert!(qlen <= ctx);
+            cu_seqlens.push(cu_seqlens.last().unwrap() + qlen as u32);
+        }
+        let tokens = *cu_seqlens.last().unwrap() as usize;
+        Batch {
+            shape: AttnShape {
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+                block_size,
+                max_blocks_per_seq: max_blocks,
+            },
+            seqs: seqs.to_vec(),
+            q: rng.activations(tokens * nh * hd),
+            k,
+            v,
+            cu_seqlens,
+            context_lens: seqs.iter().map(|&(_, c)| c as u32).collect(),
+            block_tables,
+        }
+    }
+
+    fn num_tokens(&self) -> usize {
+        *self.cu_seqlens.last().unwrap() as usize
+    }
+
+    /// f64 causal softmax attention, straight from the definition.
+    fn reference(&self) -> Vec<f64> {
+        let AttnShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            block_size: bs,
+            max_blocks_per_seq: mb,
+        } = self.shape;
+        let (kv_dim, group, scale) = (nkv * hd, nh / nkv, 1.0 / (hd as f64).sqrt());
+        let mut out = vec![f64::NAN; self.num_tokens() * nh * hd];
+        for (s, &(qlen, ctx)) in self.seqs.iter().enumerate() {
+            let table = &self.block_tables[s * mb..][..mb];
+            let slot = |pos: usize| table[pos / bs] as usize * bs + pos % bs;
+            for i in 0..qlen {
+                let t = self.cu_seqlens[s] as usize + i;
+                let keys = ctx - qlen + i + 1;
+                for h in 0..nh {
+                    let qh = &self.q[(t * nh + h) * hd..][..hd];
+                    let off = (h / group) * hd;
+                    let scores: Vec<f64> = (0..keys)
+                        .map(|p| {
+                            let kr = &self.k[slot(p) * kv_dim + off..][..hd];
+                            qh.iter()
+                                .zip(kr)
+                                .map(|(&a, &b)| a as f64 * b as f64)
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let w: Vec<f64> = scores.iter().map(|&x| (x - mx).exp()).collect();
+                    let sum: f64 = w.iter().sum();
+                    let o = &mut out[(t * nh + h) * hd..][..hd];
+                    o.fill(0.0);
+                    for (p, &wp) in w.iter().enumerate() {
+                        let vr = &self.v[slot(p) * kv_dim + off..][..hd];
+                        for (od, &vd) in o.iter_mut().zip(vr) {
+                            *od += wp / sum * vd as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs the GPU op (on NaN-poisoned out and workspace) and returns its output.
+    fn run(&self, dev: &CudaDevice, max_partitions: usize) -> Result<Vec<f32>, CudaError> {
+        let max_query_len = self.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0);
+        let n = self.num_tokens() * self.shape.num_heads * self.shape.head_dim;
+        let (cu, ctx, bt) = (
+            upload(dev, &self.cu_seqlens),
+            upload(dev, &self.context_lens),
+            upload(dev, &self.block_tables),
+        );
+        let batch = AttnBatch {
+            num_seqs: self.seqs.len(),
+            num_tokens: self.num_tokens(),
+            max_query_len,
+            cu_seqlens_q: &cu,
+            context_lens: &ctx,
+            block_tables: &bt,
+        };
+        let ws_len = attention_workspace_len(&self.shape, self.seqs.len(), max_partitions);
+        let mut ws = upload(dev, &vec![f32::NAN; ws_len.max(1)]);
+        // q and out are views of buffers one NaN longer, so a read or write past them shows
+        let mut q_buf = to_bf16(&self.q);
+        q_buf.push(Bf16::NAN);
+        let q_buf = upload(dev, &q_buf);
+        let mut out = upload(dev, &vec![Bf16::NAN; n + 1]);
+        paged_attention(
+            dev,
+            &self.shape,
+            &batch,
+            max_partitions,
+            &q_buf.slice(..n),
+            &upload(dev, &to_bf16(&self.k)),
+            &upload(dev, &to_bf16(&self.v)),
+            &mut ws,
+            &mut out.slice_mut(..n),
+        )?;
+        let tail = to_f32(&dev.stream().clone_dtoh(&out.slice(n..)).unwrap());
+        assert!(
+            tail[0].is_nan(),
+            "paged_attention wrote past the end of out"
+        );
+        dev.synchronize()?;
+        Ok(to_f32(&dev.stream().clone_dtoh(&out.slice(..n)).unwrap()))
+    }
+}
+
+/// Every element within 1e-2 x its row's max |ref|, and 99% within one bf16 ulp.
+fn assert_close(what: &str, got: &[f32], want: &[f64], head_dim: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (mut bad, mut within_ulp, mut worst) = (Vec::new(), 0usize, 0f64);
+    for (row, (g_row, w_row)) in got.chunks(head_dim).zip(want.chunks(head_dim)).enumerate() {
+        let scale = w_row.iter().fold(0f64, |m, &x| m.max(x.abs()));
+        for (d, (&g, &w)) in g_row.iter().zip(w_row).enumerate() {
+            let err = (g as f64 - w).abs();
+            if err.is_nan() || err > 1e-2 * scale + 1e-6 {
+                bad.push(format!("[row {row}, {d}] got {g} want {w:.6}"));
+            }
+            if err <= bf16_ulp(w) {
+                within_ulp += 1;
+            }
+            if scale > 0.0 {
+                worst = worst.max(err / scale);
+            }
+        }
+    }
+    let frac = within_ulp as f64 / want.len().max(1) as f64;
+    eprintln!("{what}: worst |err| / row max {worst:.2e}, {frac:.5} within one bf16 ulp");
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} elements out of bounds: {}",
+        bad.len(),
+        want.len(),
+        bad[..bad.len().min(8)].join(", ")
+    );
+    assert!(frac >= 0.99, "{what}: only {frac:.4} within one bf16 ulp");
+}
+
+fn check(
+    dev: &CudaDevice,
+    rng: &mut Rng,
+    what: &str,
+    heads: Heads,
+    bs: usize,
+    seqs: &[(usize, usize)],
+    max_partitions: usize,
+) {
+    let b = Batch::new(rng, heads, bs, seqs);
+    let got = b.run(dev, max_partitions).unwrap();
+    let what = format!("{what} heads {heads:?} block_size {bs} partitions {max_partitions}");
+    assert_close(&what, &got, &b.reference(), heads.2);
+}
+
+fn decodes(rng: &mut Rng, n: usize, max_ctx: usize) -> Vec<(usize, usize)> {
+    (0..n).map(|_| (1, rng.range(1, max_ctx))).collect()
+}
+
+#[test]
+fn decode_matches_the_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new("attention decode");
+    for heads in [SMALL, QWEN3_06B, QWEN3_4B] {
+        let one = decodes(&mut rng, 1, 3000);
+        check(dev, &mut rng, "decode x1", heads, 16, &one, 16);
+        // edges: one key, a partition's worth, one past it, several partitions
+        let mut seven = vec![(1, 1), (1, 64), (1, 65), (1, 2999)];
+        seven.extend(decodes(&mut rng, 3, 3000));
+        check(dev, &mut rng, "decode x7", heads, 16, &seven, 8);
+        let max_ctx = if heads == QWEN3_4B { 1000 } else { 3000 };
+        let many = decodes(&mut rng, 64, max_ctx);
+        check(dev, &mut rng, "decode x64", heads, 256, &many, 32);
+    }
+    // one partition for everything (the partition kernel writes the output itself)
+    let seqs = decodes(&mut rng, 5, 3000);
+    check(
+        dev,
+        &mut rng,
+        "decode single partition",
+        QWEN3_06B,
+        16,
+        &seqs,
+        1,
+    );
+    // a padding sequence (query length 0) among decodes writes nothing and disturbs nothing
+    check(
+        dev,
+        &mut rng,
+        "decode with padding",
+        QWEN3_06B,
+        16,
+        &[(1, 40), (0, 7), (1, 900)],
+        4,
+    );
+    // GQA groups of 3 and 16 (partial / several head chunks per CTA), odd block size, tiny heads
+    let odd: [(&str, Heads, usize, usize, usize, usize); 5] = [
+        ("decode group 3", (6, 2, 32), 5, 9, 700, 8),
+        ("decode group 16", (16, 1, 64), 16, 3, 1500, 8),
+        ("decode head_dim 16", (4, 4, 16), 16, 4, 500, 4),
+        ("decode head_dim 96", (6, 3, 96), 16, 3, 800, 4),
+        ("decode head_dim 192", (8, 2, 192), 16, 3, 800, 4),
+    ];
+    for (what, heads, bs, n, max_ctx, partitions) in odd {
+        let seqs = decodes(&mut rng, n, max_ctx);
+        check(dev, &mut rng, what, heads, bs, &seqs, partitions);
+    }
+}
+
+#[test]
+fn prefill_matches_the_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new("attention prefill");
+    for heads in [SMALL, QWEN3_06B, QWEN3_4B] {
+        let mut lens = vec![2, 63, 64, 65, 600];
+        lens.push(rng.range(2, 600));
+        for n in lens {
+            check(dev, &mut rng, "prefill", heads, 16, &[(n, n)], 1);
+        }
+        // a chunk after a cached prefix attends the whole prefix
+        check(
+            dev,
+            &mut rng,
+            "chunked prefill",
+            heads,
+            16,
+            &[(100, 1000)],
+            1,
+        );
+        // prefill chunks and decodes in one launch (the tile path serving query length 1 too)
+        let mixed = [
+            (37, 37),
+            (1, 500),
+            (100, 1000),
+            (1, 1),
+            (64, 192),
+            (0, 10),
+            (2, 2),
+        ];
+        check(dev, &mut rng, "mixed", heads, 256, &mixed, 1);
+    }
+    // the tile path serving only short queries, a GQA group of 3 with an odd block size, and
+    // every other head_dim with a kernel instance
+    let odd: [Case; 7] = [
+        ("single-token prefill path", SMALL, 16, &[(1, 1), (2, 700)]),
+        ("prefill group 3", (6, 2, 32), 5, &[(70, 70), (33, 300)]),
+        (
+            "prefill head_dim 16",
+            (4, 4, 16),
+            16,
+            &[(130, 130), (5, 77)],
+        ),
+        ("prefill head_dim 96", (6, 3, 96), 16, &[(65, 65), (3, 40)]),
+        (
+            "prefill head_dim 192",
+            (8, 2, 192),
+            16,
+            &[(90, 150), (1, 33)],
+        ),
+        ("prefill head_dim 256", (4, 1, 256), 16, &[(80, 200)]),
+        ("prefill group 16", (16, 1, 64), 32, &[(129, 129)]),
+    ];
+    for (what, heads, bs, seqs) in odd {
+        check(dev, &mut rng, what, heads, bs, seqs, 1);
+    }
+}
+
+#[test]
+fn paged_attention_refuses_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new("attention shapes");
+    let mut fresh = || Batch::new(&mut rng, SMALL, 16, &[(1, 20), (1, 5)]);
+    assert!(launch_with(dev, &fresh(), 4, 0).is_ok());
+    let refused = |b: Batch, partitions: usize, ws_short: usize, why: &str| match launch_with(
+        dev, &b, partitions, ws_short,
+    ) {
+        Err(CudaError::Shape { .. }) => {}
+        other => panic!("{why}: expected a shape error, got {other:?}"),
+    };
+    let mut bad = fresh();
+    bad.shape.head_dim = 24;
+    refused(bad, 4, 0, "head_dim 24");
+    let mut bad = fresh();
+    bad.shape.num_kv_heads = 3;
+    refused(bad, 4, 0, "4 heads over 3 kv heads");
+    let mut bad = fresh();
+    bad.block_tables.pop();
+    refused(bad, 4, 0, "short block tables");
+    let mut bad = fresh();
+    bad.context_lens.push(3);
+    refused(bad, 4, 0, "long context_lens");
+    let mut bad = fresh();
+    bad.cu_seqlens.push(2);
+    refused(bad, 4, 0, "long cu_seqlens_q");
+    let mut bad = fresh();
+    bad.q.truncate(bad.q.len() - 1);
+    refused(bad, 4, 0, "short q");
+    let mut bad = fresh();
+    bad.k.truncate(bad.k.len() - 1);
+    refused(bad, 4, 0, "k cache not whole blocks");
+    refused(fresh(), 0, 0, "zero partitions");
+    refused(fresh(), 4, 1, "workspace one element short");
+}
+
+/// Launches on the batch's uploaded data (not checking results) with the workspace `ws_short`
+/// elements shorter than needed.
+fn launch_with(
+    dev: &CudaDevice,
+    b: &Batch,
+    partitions: usize,
+    ws_short: usize,
+) -> Result<(), CudaError> {
+    let (cu, ctx, bt) = (
+        upload(dev, &b.cu_seqlens),
+        upload(dev, &b.context_lens),
+        upload(dev, &b.block_tables),
+    );
+    let batch = AttnBatch {
+        num_seqs: b.seqs.len(),
+        num_tokens: b.seqs.iter().map(|&(q, _)| q).sum(),
+        max_query_len: b.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0),
+        cu_seqlens_q: &cu,
+        context_lens: &ctx,
+        block_tables: &bt,
+    };
+    let n = batch.num_tokens * 4 * 64;
+    let ws_len = attention_workspace_len(&b.shape, b.seqs.len(), partitions);
+    let mut ws = upload(dev, &vec![0f32; (ws_len - ws_short).max(1)]);
+    let mut out = upload(dev, &vec![Bf16::NAN; n]);
+    let q = upload(dev, &to_bf16(&b.q));
+    let (k, v) = (upload(dev, &to_bf16(&b.k)), upload(dev, &to_bf16(&b.v)));
+    paged_attention(
+        dev, &b.shape, &batch, partitions, &q, &k, &v, &mut ws, &mut out,
+    )?;
+    dev.synchronize()
+}
