@@ -199,6 +199,7 @@ pub fn run_parity<B: Backend>(
         next = vec![t];
     }
 
+    let tie_tolerance = 2.0 * decode.hf_bf16_rms_abs();
     Ok(ParityReport {
         backend: backend.name(),
         reference: format!(
@@ -213,6 +214,7 @@ pub fn run_parity<B: Backend>(
             hf_bf16: r.greedy_bf16.clone(),
             ours,
             fp32_margins: r.greedy_fp32_margins.clone(),
+            tie_tolerance,
         },
     })
 }
