@@ -109,10 +109,16 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
     }
     let model_name = loaded.source.path().display().to_string();
     let backend_name = backend.name();
+    // Kernels per decode step, where the backend counts them (after a tg run: a batch-1 step).
+    let kernels = if args.n_gen > 0 {
+        backend.decode_step_kernels()
+    } else {
+        None
+    };
     if args.json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(test, (m, sd))| json!({"model": model_name, "backend": backend_name, "test": test, "tok_s": m, "tok_s_sd": sd, "repetitions": args.repetitions}))
+            .map(|(test, (m, sd))| json!({"model": model_name, "backend": backend_name, "test": test, "tok_s": m, "tok_s_sd": sd, "repetitions": args.repetitions, "kernels_per_token": kernels}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -120,6 +126,9 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         println!("| --- | --- | ---: | ---: |");
         for (test, (m, sd)) in &results {
             println!("| {model_name} | {backend_name} | {test} | {m:.2} ± {sd:.2} |");
+        }
+        if let Some(k) = kernels {
+            println!("\nkernels/token (batch-1 decode step): {k}");
         }
     }
     Ok(())

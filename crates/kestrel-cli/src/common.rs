@@ -35,8 +35,8 @@ pub struct ModelArgs {
     /// Fraction of the GPU's memory this process may use (weights, activations, KV cache) (vLLM's meaning)
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub gpu_memory_utilization: f32,
-    /// Run the GPU without CUDA graphs. CUDA graphs are not implemented yet, so eager is the only mode
-    /// today and this flag changes nothing
+    /// Run the GPU without CUDA graphs (decode steps are captured per batch-size bucket and replayed
+    /// by default)
     #[arg(long)]
     pub eager: bool,
 }
@@ -109,6 +109,7 @@ impl ModelArgs {
             Err(e) if asked => return Err(e).context("--device cuda: opening GPU 0"),
             Ok(None) | Err(_) => return task.run(self.load_cpu()?),
         };
+        backend.set_cuda_graphs(!self.eager);
         let loaded = (|| {
             let source = kestrel::formats::source::ModelSource::open(&self.model)?;
             backend.check_weights_fit(&source.config()?)?;

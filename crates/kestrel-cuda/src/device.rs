@@ -5,9 +5,13 @@
 //!   missing, so its presence is checked first and "no driver" / "no GPU" are `Ok(None)`.
 //! - Each kernel file is compiled (or read from the disk cache) and loaded at most once per device;
 //!   functions are looked up once and kept.
-//! - All work goes to one non-default stream (graph capture needs one).
+//! - All work goes to one non-default stream (graph capture needs one). cudarc's per-buffer event
+//!   tracking (two events created per allocation, recorded and waited on at every use) only orders
+//!   work across streams, so it is turned off: it costs host time on every op and its waits on
+//!   events recorded outside a CUDA graph capture would break the capture.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
@@ -27,6 +31,8 @@ pub struct CudaDevice {
     compiler: Mutex<Option<Arc<Compiler>>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// Kernels launched (or captured into a graph) on this device so far.
+    launches: AtomicUsize,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -76,6 +82,9 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal)
             .map_err(CudaError::driver(format!("opening GPU {ordinal}")))?;
+        // SAFETY: every buffer is used on the one stream created below, so stream order alone keeps
+        // each use after its allocation and before its free.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx
             .new_stream()
             .map_err(CudaError::driver("creating a stream"))?;
@@ -100,6 +109,7 @@ impl CudaDevice {
             compiler: Mutex::new(None),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            launches: AtomicUsize::new(0),
         }))
     }
 
@@ -132,6 +142,13 @@ impl CudaDevice {
     }
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+    /// Kernels launched (or captured) so far: the launch wrappers and cuBLAS calls count themselves.
+    pub fn launches(&self) -> usize {
+        self.launches.load(Ordering::Relaxed)
+    }
+    pub(crate) fn count_launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
     }
     /// Waits for all work queued on the device's stream.
     pub fn synchronize(&self) -> Result<()> {

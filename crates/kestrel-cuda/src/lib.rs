@@ -13,6 +13,7 @@
 //! `bash .gpu/run-tests.sh`.
 
 pub mod backend;
+pub mod bandwidth;
 pub mod compile;
 pub mod device;
 pub mod dtype;

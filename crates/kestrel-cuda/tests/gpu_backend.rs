@@ -8,7 +8,7 @@
 //! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use kestrel::backend::cpu::CpuBackend;
 use kestrel::backend::{AttnMetadata, Backend, KvCacheSpec, SeqSlice};
@@ -24,7 +24,23 @@ use kestrel_cuda::backend::{CudaBackend, CudaTensor};
 use kestrel_cuda::dtype::to_bf16;
 use serde_json::Value;
 
-fn backend() -> Option<&'static CudaBackend> {
+/// A CudaBackend runs one forward at a time (one stream, graph capture, staged metadata): the tests
+/// share one and take turns, each holding the guard for its whole body.
+struct Gpu {
+    _turn: MutexGuard<'static, ()>,
+    backend: &'static CudaBackend,
+}
+
+fn backend() -> Option<Gpu> {
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    shared_backend().map(|backend| Gpu {
+        _turn: turn,
+        backend,
+    })
+}
+
+fn shared_backend() -> Option<&'static CudaBackend> {
     static B: OnceLock<Option<CudaBackend>> = OnceLock::new();
     B.get_or_init(|| {
         let require = std::env::var("KESTREL_REQUIRE_GPU").is_ok_and(|v| v == "1");
@@ -126,7 +142,8 @@ fn teacher_forced<B: Backend>(b: &B, m: &Qwen3Model<B>, tokens: &[u32], decode: 
 }
 
 fn check_parity(model_dir: &str, ref_dir: &str) {
-    let Some(gpu) = backend() else { return };
+    let Some(turn) = backend() else { return };
+    let gpu = turn.backend;
     let r = reference(ref_dir);
     let model = load(gpu, model_dir);
     let cpu = CpuBackend::new();
@@ -184,7 +201,8 @@ fn tiny_qwen2_with_qkv_bias_meets_the_parity_criterion() {
 /// tokens goes through cuBLAS, a sequence of 7 alone through the GEMV).
 #[test]
 fn mixed_batch_equals_sequences_alone() {
-    let Some(gpu) = backend() else { return };
+    let Some(turn) = backend() else { return };
+    let gpu = turn.backend;
     let r = reference("tiny-qwen3");
     let model = load(gpu, "tiny-qwen3-bf16");
     let c = &model.config;
@@ -250,7 +268,8 @@ fn mixed_batch_equals_sequences_alone() {
 
 #[test]
 fn argmax_kernel_matches_the_cpu_argmax() {
-    let Some(gpu) = backend() else { return };
+    let Some(turn) = backend() else { return };
+    let gpu = turn.backend;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         seed ^= seed << 13;
@@ -290,7 +309,8 @@ fn argmax_kernel_matches_the_cpu_argmax() {
 
 #[test]
 fn kv_cache_sizing_and_clear_memory_errors() {
-    let Some(gpu) = backend() else { return };
+    let Some(turn) = backend() else { return };
+    let gpu = turn.backend;
     let src = ModelSource::open(testdata("tiny-qwen3-bf16").to_str().unwrap()).unwrap();
     let cfg = src.config().unwrap();
     gpu.check_weights_fit(&cfg).unwrap();

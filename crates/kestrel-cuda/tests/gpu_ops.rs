@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::embedding::embedding;
-use kestrel_cuda::ops::gemv::{gemv_bf16, Accumulate};
+use kestrel_cuda::ops::gemv::{gemv_bf16, gemv_bf16_with, Accumulate, GemvKernel};
 use kestrel_cuda::ops::norm::{add_rms_norm, rms_norm};
 use kestrel_cuda::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 use kestrel_cuda::ops::silu_mul::silu_mul;
@@ -349,7 +349,8 @@ fn gemv_matches_f64_dot_products() {
     let Some(dev) = device() else { return };
     let mut rng = Rng::new("gemv_bf16");
     // (in, out, tokens, bias, accumulate): Qwen3-0.6B qkv / gate_up / o_proj / down / lm_head,
-    // Qwen3-4B qkv / down, Qwen2.5-0.5B qkv (with bias), and a ragged tail
+    // Qwen3-4B qkv / o_proj / gate_up / down, Qwen2.5-0.5B qkv (with bias), and ragged tails; each
+    // through the kernel chosen by shape
     let cases = [
         (1024, 4096, 1, false, Accumulate::Overwrite),
         (1024, 6144, 3, false, Accumulate::Overwrite),
@@ -357,62 +358,112 @@ fn gemv_matches_f64_dot_products() {
         (3072, 1024, 2, false, Accumulate::AddToOutput),
         (1024, 151_936, 1, false, Accumulate::Overwrite),
         (2560, 6144, 1, false, Accumulate::Overwrite),
+        (4096, 2560, 1, false, Accumulate::AddToOutput),
+        (2560, 19_456, 1, false, Accumulate::Overwrite),
         (9728, 2560, 2, false, Accumulate::AddToOutput),
+        (9728, 2560, 8, false, Accumulate::AddToOutput),
         (896, 1152, 2, true, Accumulate::Overwrite),
         (8, 5, 3, true, Accumulate::AddToOutput),
         (264, 13, 1, false, Accumulate::Overwrite),
+        // more tokens than the tiled kernels take: the warp-rows kernel
+        (1024, 1024, 11, true, Accumulate::Overwrite),
     ];
     for (k, n, tokens, with_bias, mode) in cases {
-        let x = rng.activations(tokens * k, 1.0);
-        let w = rng.activations(n * k, 0.02);
-        let bias: Vec<f32> = (0..n).map(|_| round_bf16(0.1 * rng.normal())).collect();
-        let y0 = rng.activations(tokens * n, 1.0);
-        let mut want = Vec::with_capacity(tokens * n);
-        let mut tol = Vec::with_capacity(tokens * n);
-        for t in 0..tokens {
-            let xr = &x[t * k..][..k];
-            for r in 0..n {
-                let wr = &w[r * k..][..k];
-                let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let abs: f64 = xr
-                    .iter()
-                    .zip(wr)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
-                let v = (dot + if with_bias { bias[r] as f64 } else { 0.0 }) as f32;
-                // f32 accumulation in another order: a loose bound on its error
-                let acc_err = (abs * 2f64.powi(-20)) as f32;
-                let (out, inner_flip) = match mode {
-                    Accumulate::Overwrite => (round_bf16(v), 0.0),
-                    // bf16(v) may round the other way before the add, moving the sum by an ulp of v
-                    Accumulate::AddToOutput => {
-                        (round_bf16(y0[t * n + r] + round_bf16(v)), bf16_ulp(v))
-                    }
-                };
-                want.push(out);
-                tol.push(2.0 * bf16_ulp(out) + inner_flip + 2.0 * acc_err);
-            }
-        }
-        let mut y = match mode {
-            Accumulate::Overwrite => poisoned(dev, tokens * n),
-            Accumulate::AddToOutput => upload_bf16(dev, &y0),
-        };
-        let d_bias = upload(dev, &bias);
-        let bias_arg =
-            with_bias.then_some(&d_bias as &dyn kestrel_cuda::cudarc::driver::DevicePtr<f32>);
-        gemv_bf16(
+        check_gemv(
             dev,
-            &upload_bf16(dev, &x),
-            &upload_bf16(dev, &w),
-            bias_arg,
-            k,
-            &mut y,
+            &mut rng,
+            (k, n, tokens),
+            with_bias,
             mode,
-        )
-        .unwrap();
-        let what = format!("gemv in {k} out {n} tokens {tokens} bias {with_bias} {mode:?}");
-        assert_close(&what, &download(dev, &y), &want, 0.9, |i, _| tol[i]);
+            GemvKernel::Auto,
+        );
     }
+    // every kernel and K-split at every token count, on a K that splits unevenly (1216 chunks over 8
+    // warps: slices of 152 rounded to 160, the last one short) and on ragged tiny shapes
+    let mut kernels = vec![GemvKernel::WarpRows];
+    kernels.extend([1, 2, 4, 8].map(|k_split| GemvKernel::Tiled { k_split }));
+    for kernel in kernels {
+        for tokens in 1..=8 {
+            let mode = if tokens % 2 == 0 {
+                Accumulate::AddToOutput
+            } else {
+                Accumulate::Overwrite
+            };
+            check_gemv(dev, &mut rng, (9728, 37, tokens), tokens == 3, mode, kernel);
+            check_gemv(dev, &mut rng, (1024, 67, tokens), tokens == 5, mode, kernel);
+            check_gemv(dev, &mut rng, (8, 3, tokens), true, mode, kernel);
+            check_gemv(dev, &mut rng, (264, 17, tokens), false, mode, kernel);
+        }
+        check_gemv(
+            dev,
+            &mut rng,
+            (2048, 1024, 1),
+            false,
+            Accumulate::AddToOutput,
+            kernel,
+        );
+    }
+}
+
+/// One GEMV of `(in, out, tokens)` against f64 dot products.
+fn check_gemv(
+    dev: &CudaDevice,
+    rng: &mut Rng,
+    (k, n, tokens): (usize, usize, usize),
+    with_bias: bool,
+    mode: Accumulate,
+    kernel: GemvKernel,
+) {
+    let x = rng.activations(tokens * k, 1.0);
+    let w = rng.activations(n * k, 0.02);
+    let bias: Vec<f32> = (0..n).map(|_| round_bf16(0.1 * rng.normal())).collect();
+    let y0 = rng.activations(tokens * n, 1.0);
+    let mut want = Vec::with_capacity(tokens * n);
+    let mut tol = Vec::with_capacity(tokens * n);
+    for t in 0..tokens {
+        let xr = &x[t * k..][..k];
+        for r in 0..n {
+            let wr = &w[r * k..][..k];
+            let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let abs: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let v = (dot + if with_bias { bias[r] as f64 } else { 0.0 }) as f32;
+            // f32 accumulation in another order: a loose bound on its error
+            let acc_err = (abs * 2f64.powi(-20)) as f32;
+            let (out, inner_flip) = match mode {
+                Accumulate::Overwrite => (round_bf16(v), 0.0),
+                // bf16(v) may round the other way before the add, moving the sum by an ulp of v
+                Accumulate::AddToOutput => (round_bf16(y0[t * n + r] + round_bf16(v)), bf16_ulp(v)),
+            };
+            want.push(out);
+            tol.push(2.0 * bf16_ulp(out) + inner_flip + 2.0 * acc_err);
+        }
+    }
+    let mut y = match mode {
+        Accumulate::Overwrite => poisoned(dev, tokens * n),
+        Accumulate::AddToOutput => upload_bf16(dev, &y0),
+    };
+    let d_bias = upload(dev, &bias);
+    let bias_arg =
+        with_bias.then_some(&d_bias as &dyn kestrel_cuda::cudarc::driver::DevicePtr<f32>);
+    gemv_bf16_with(
+        dev,
+        &upload_bf16(dev, &x),
+        &upload_bf16(dev, &w),
+        bias_arg,
+        k,
+        &mut y,
+        mode,
+        kernel,
+    )
+    .unwrap();
+    let what = format!("gemv in {k} out {n} tokens {tokens} bias {with_bias} {mode:?} {kernel:?}");
+    // tiny outputs: a single flipped rounding is a large fraction
+    let min_exact = if tokens * n < 100 { 0.5 } else { 0.9 };
+    assert_close(&what, &download(dev, &y), &want, min_exact, |i, _| tol[i]);
 }
 
 #[test]
@@ -580,6 +631,17 @@ fn wrappers_refuse_bad_shapes() {
         err.to_string().contains("y has 3 elements, expected 4"),
         "{err}"
     );
+    let w4 = upload_bf16(dev, &[0.0; 4096]);
+    let mut y4 = poisoned(dev, 4);
+    let tiled = |k_split| GemvKernel::Tiled { k_split };
+    let mode = Accumulate::Overwrite;
+    let err = gemv_bf16_with(dev, &x, &w4, None, 1024, &mut y4, mode, tiled(3)).unwrap_err();
+    assert!(err.to_string().contains("k_split 3"), "{err}");
+    let x9 = upload_bf16(dev, &[0.0; 9 * 8]);
+    let w8 = upload_bf16(dev, &[0.0; 8]);
+    let mut y9 = poisoned(dev, 9);
+    let err = gemv_bf16_with(dev, &x9, &w8, None, 8, &mut y9, mode, tiled(1)).unwrap_err();
+    assert!(err.to_string().contains("at most 8"), "{err}");
     // a view at an odd offset can't take 16-byte loads
     let odd = x.slice(1..1 + 512);
     let err = rms_norm(dev, &odd, &w, 1e-6, &mut short).unwrap_err();

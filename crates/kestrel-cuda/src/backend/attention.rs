@@ -9,17 +9,20 @@ use super::{be, CudaBackend};
 use crate::ops::attention::{attention_workspace_len, paged_attention, AttnBatch, AttnShape};
 use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 
-/// Keys per decode partition at least (the kernel's minimum), and partitions at most.
-const MIN_KEYS_PER_PARTITION: usize = 64;
+/// Partitions at most.
 const MAX_PARTITIONS: usize = 32;
 /// Decode CTAs to aim for (sequences × kv heads × partitions): enough to fill an H100's 132 SMs.
 const TARGET_CTAS: usize = 512;
 
-/// Split-K partitions for a decode step: enough CTAs to fill the GPU, no partition under 64 keys.
+/// Split-K partitions (the grid's z) for a decode step: enough CTAs to fill the GPU. It depends on
+/// the batch-size bucket only, never on context lengths, so a CUDA graph replays as contexts grow
+/// and a padded step splits like an unpadded one; the kernel itself never makes a partition under
+/// 64 keys (partitions past a short context exit at once).
 fn decode_partitions(meta: &CudaMetadata, num_kv_heads: usize) -> usize {
-    let by_len = meta.max_context_len.div_ceil(MIN_KEYS_PER_PARTITION);
-    let by_occupancy = TARGET_CTAS.div_ceil((meta.num_seqs * num_kv_heads).max(1));
-    by_len.min(by_occupancy).clamp(1, MAX_PARTITIONS)
+    let seqs = super::graphs::decode_bucket(meta.num_seqs);
+    TARGET_CTAS
+        .div_ceil((seqs * num_kv_heads).max(1))
+        .clamp(1, MAX_PARTITIONS)
 }
 
 fn check_layer(cache: &CudaKvCache, layer: usize) -> Result<()> {
@@ -109,11 +112,19 @@ impl CudaBackend {
         };
         let max_partitions = decode_partitions(meta, p.num_kv_heads);
         let need = attention_workspace_len(&shape, meta.num_seqs, max_partitions).max(1);
-        let mut ws = self
-            .attn_workspace
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        // A decode step of a graph has its own scratch at a fixed address, sized by its eager run.
+        let staged = self.staged();
+        let mut ws = match &staged {
+            Some(st) => st.workspace.lock(),
+            None => self.attn_workspace.lock(),
+        }
+        .unwrap_or_else(|e| e.into_inner());
         if ws.as_ref().is_none_or(|w| w.len() < need) {
+            if staged.as_ref().is_some_and(|st| st.capturing) {
+                return Err(KestrelError::Backend(
+                    "attention workspace too small inside a graph capture".into(),
+                ));
+            }
             *ws = None; // free the old scratch before allocating the larger one
             *ws = Some(self.alloc::<f32>(need.next_power_of_two())?);
         }

@@ -3,12 +3,15 @@
 //!
 //! Each trait op is one or two launches of the fused kernels in [`crate::ops`]. Invariants:
 //! - All work goes to the device's one stream, so ops are ordered without synchronisation; only
-//!   `to_host` and `argmax` wait (for their copy to the host).
+//!   `to_host`, `argmax` and `decode_argmax` wait (for their copy to the host).
 //! - A forward step's metadata is uploaded once ([`CudaMetadata`]), into a reused buffer.
+//! - Greedy decode steps are padded to a batch-size bucket and replayed from CUDA graphs
+//!   ([`graphs`]); `set_cuda_graphs(false)` (`--eager`) runs them eagerly.
 //! - Decode-sized matmuls (≤ [`linear::GEMV_MAX_TOKENS`] tokens) use the GEMV kernel, larger ones
 //!   cuBLAS (bf16 in, f32 compute).
 
 mod attention;
+pub mod graphs;
 mod linear;
 pub mod memory;
 mod metadata;
@@ -16,6 +19,7 @@ pub mod tensor;
 mod trait_impl;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::CudaBlas;
@@ -34,6 +38,12 @@ pub(crate) fn be(e: CudaError) -> KestrelError {
     KestrelError::Backend(e.to_string())
 }
 
+/// The BF16 CUDA backend on one GPU and one stream.
+///
+/// Invariant: one forward pass at a time. Ops of a step share the stream, the staged metadata buffer
+/// and (in a graph capture) the stream's capture state, so two threads running forwards on the same
+/// backend at once fail (a staged step reports "already in use"; a capture is invalidated). The
+/// engine's runner owns the backend; tests that share one take turns.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
     /// Created on the first prefill-sized matmul (decode alone never needs libcublas).
@@ -43,6 +53,14 @@ pub struct CudaBackend {
     attn_workspace: Mutex<Option<CudaSlice<f32>>>,
     /// RoPE inverse frequencies per (head_dim, theta bits).
     inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f32>>>,
+    /// Decode steps replay CUDA graphs (else they run eagerly, padded the same way).
+    graphs_enabled: AtomicBool,
+    /// The decode graphs and their fixed buffers, per (bucket, table width).
+    decode: Mutex<graphs::DecodeGraphs>,
+    /// The inputs of the decode step running now, if any (see [`graphs`]).
+    staged: Mutex<Option<graphs::Staged>>,
+    /// Kernels the last decode step launched or captured.
+    step_kernels: AtomicUsize,
 }
 
 impl CudaBackend {
@@ -53,6 +71,10 @@ impl CudaBackend {
             meta_pool: Arc::new(Mutex::new(None)),
             attn_workspace: Mutex::new(None),
             inv_freq: Mutex::new(HashMap::new()),
+            graphs_enabled: AtomicBool::new(true),
+            decode: Mutex::new(graphs::DecodeGraphs::default()),
+            staged: Mutex::new(None),
+            step_kernels: AtomicUsize::new(0),
         }
     }
 

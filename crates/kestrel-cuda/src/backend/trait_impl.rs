@@ -1,9 +1,12 @@
 //! `impl Backend for CudaBackend`: each op checks shapes on the host, then launches its kernels.
 
-use kestrel::backend::{AttnMetadata, AttnParams, Backend, KvCacheSpec};
+use std::sync::atomic::Ordering;
+
+use kestrel::backend::{AttnMetadata, AttnParams, Backend, DecodeForward, KvCacheSpec};
 use kestrel::formats::HostTensor;
 use kestrel::{KestrelError, Result};
 
+use super::graphs::MAX_GRAPH_BATCH;
 use super::metadata::CudaMetadata;
 use super::tensor::{
     matrix_to_bf16, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector,
@@ -52,7 +55,12 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         let d = self.device();
-        format!("cuda: {} ({}, bf16, eager)", d.name(), d.arch())
+        let mode = if self.cuda_graphs() {
+            "cuda graphs"
+        } else {
+            "eager"
+        };
+        format!("cuda: {} ({}, bf16, {mode})", d.name(), d.arch())
     }
 
     fn upload_matrix(&self, parts: &[HostTensor]) -> Result<CudaMatrix> {
@@ -103,14 +111,37 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_metadata(&self, meta: &AttnMetadata) -> Result<CudaMetadata> {
-        CudaMetadata::upload(self.device(), &self.meta_pool, meta)
+        match self.staged() {
+            // A decode step's padded metadata is already on the device (graphs::decode_step).
+            Some(st) => {
+                let max_ctx = meta.seqs.iter().map(|s| s.context_len).max().unwrap_or(0);
+                CudaMetadata::staged(&st.meta, st.bucket, st.width, meta.block_size, max_ctx)
+            }
+            None => CudaMetadata::upload(self.device(), &self.meta_pool, meta),
+        }
     }
 
     fn embed(&self, table: &CudaMatrix, tokens: &[u32]) -> Result<CudaTensor> {
         let ids = row_ids(tokens.iter().map(|&t| t as usize), table.rows, "token id")?;
-        let ids = self.upload("token ids", &ids)?;
         let mut out = self.tensor(tokens.len(), table.cols)?;
-        embedding(self.device(), &table.data, table.cols, &ids, &mut out.data).map_err(be)?;
+        match self.staged() {
+            // A decode step's (padded) token ids are already on the device.
+            Some(st) => {
+                check("staged token ids", st.ids.len(), tokens.len())?;
+                embedding(
+                    self.device(),
+                    &table.data,
+                    table.cols,
+                    &*st.ids,
+                    &mut out.data,
+                )
+            }
+            None => {
+                let ids = self.upload("token ids", &ids)?;
+                embedding(self.device(), &table.data, table.cols, &ids, &mut out.data)
+            }
+        }
+        .map_err(be)?;
         Ok(out)
     }
 
@@ -203,6 +234,30 @@ impl Backend for CudaBackend {
             .clone_dtoh(&x.data)
             .map_err(|e| KestrelError::Backend(format!("copying a tensor to the host: {e}")))?;
         Ok((x.rows, x.cols, to_f32(&host)))
+    }
+
+    fn decode_argmax(
+        &self,
+        forward_id: u64,
+        tokens: &[u32],
+        meta: &AttnMetadata,
+        cache: &mut CudaKvCache,
+        forward: &mut DecodeForward<'_, Self>,
+    ) -> Result<Vec<u32>> {
+        let n = meta.seqs.len();
+        let decode = n > 0 && tokens.len() == n && meta.seqs.iter().all(|s| s.query_len == 1);
+        if decode && n <= MAX_GRAPH_BATCH {
+            return self.decode_step(forward_id, tokens, meta, cache, forward);
+        }
+        let logits = forward(tokens, meta, cache)?;
+        self.argmax(&logits)
+    }
+
+    fn decode_step_kernels(&self) -> Option<usize> {
+        match self.step_kernels.load(Ordering::Relaxed) {
+            0 => None,
+            k => Some(k),
+        }
     }
 
     fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {

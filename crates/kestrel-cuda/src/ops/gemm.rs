@@ -115,5 +115,7 @@ pub fn gemm_bf16<T: GemmOutput>(
     .map_err(|e| CudaError::Cublas {
         context: format!("{OP} ({tokens} x {in_features} by {out_features} x {in_features})"),
         message: e.to_string(),
-    })
+    })?;
+    dev.count_launch(); // one or more cuBLAS kernels, counted as one
+    Ok(())
 }

@@ -51,6 +51,7 @@ pub(crate) fn launch(
         kernel: name,
         source,
     })?;
+    dev.count_launch();
     Ok(())
 }
 

@@ -107,4 +107,34 @@ pub trait Backend: Send + Sync {
             .map(|r| crate::engine::sampling::argmax(&data[r * cols..(r + 1) * cols]))
             .collect())
     }
+
+    /// A greedy decode step: `forward` is the model's forward pass, returning one logits row per
+    /// token; the result is the argmax of each sequence's row. Every sequence of `meta` has one new
+    /// token (`tokens[i]` is sequence `i`'s). A backend may call `forward` with `tokens` padded to a
+    /// larger batch (it then reads the padded step's metadata from where it staged it, not from
+    /// `meta`), and may capture the step once and replay it (CUDA graphs) for later calls with the
+    /// same `forward_id` (the model instance, [`crate::model::Qwen3Model::instance_id`]) and cache;
+    /// the default just runs it.
+    fn decode_argmax(
+        &self,
+        forward_id: u64,
+        tokens: &[u32],
+        meta: &AttnMetadata,
+        cache: &mut Self::KvCache,
+        forward: &mut DecodeForward<'_, Self>,
+    ) -> Result<Vec<u32>> {
+        let _ = forward_id;
+        let logits = forward(tokens, meta, cache)?;
+        self.argmax(&logits)
+    }
+
+    /// Kernels the last decode step launched (or captured), where the backend counts them.
+    fn decode_step_kernels(&self) -> Option<usize> {
+        None
+    }
 }
+
+/// The model's forward pass as [`Backend::decode_argmax`] runs it: (tokens, metadata, cache) → logits,
+/// one row per token.
+pub type DecodeForward<'a, B> = dyn FnMut(&[u32], &AttnMetadata, &mut <B as Backend>::KvCache) -> Result<<B as Backend>::Tensor>
+    + 'a;

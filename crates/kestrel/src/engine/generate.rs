@@ -150,12 +150,43 @@ impl<B: Backend> SingleSequence<B> {
         model: &Qwen3Model<B>,
         tokens: &[u32],
     ) -> Result<u32> {
+        if let [token] = tokens {
+            return self.decode_argmax(backend, model, *token);
+        }
         let mut next = None;
         self.forward_chunks(backend, model, tokens, false, |logits| {
             next = backend.argmax(&logits)?.pop();
             Ok(())
         })?;
         next.ok_or_else(|| KestrelError::param("tokens", "is empty"))
+    }
+
+    /// One token through [`Backend::decode_argmax`] (a GPU replays a captured graph of the step).
+    fn decode_argmax(&mut self, backend: &B, model: &Qwen3Model<B>, token: u32) -> Result<u32> {
+        if self.len + 1 > self.capacity() {
+            return Err(KestrelError::PromptTooLong {
+                prompt_tokens: self.len + 1,
+                context: self.capacity(),
+            });
+        }
+        let meta = AttnMetadata::new(
+            BLOCK_SIZE,
+            vec![SeqSlice {
+                query_start: 0,
+                query_len: 1,
+                context_len: self.len + 1,
+                block_table: self.block_table.clone(),
+            }],
+        )?;
+        self.len += 1;
+        let id = model.instance_id();
+        let ids = backend.decode_argmax(id, &[token], &meta, &mut self.cache, &mut |t, m, c| {
+            let rows: Vec<usize> = (0..t.len()).collect();
+            model.forward(backend, t, m, c, &rows)
+        })?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| KestrelError::Backend("decode step returned no token".into()))
     }
 }
 

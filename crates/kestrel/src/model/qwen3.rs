@@ -3,11 +3,15 @@
 //! down → add + norm` (the residual carried alongside, so each norm is a fused add + norm; the last
 //! one is the final norm), then the lm_head on the rows that need logits.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::backend::{AttnMetadata, AttnParams, Backend};
 use crate::config::ModelConfig;
 use crate::formats::source::ModelSource;
 use crate::formats::HostTensor;
 use crate::Result;
+
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct LayerWeights<B: Backend> {
     pub attn_norm: B::Vector,
@@ -30,6 +34,8 @@ pub struct Qwen3Model<B: Backend> {
     pub norm: B::Vector,
     /// None when tied to the embedding table.
     pub lm_head: Option<B::Matrix>,
+    /// Unique among the models of this process (see [`Qwen3Model::instance_id`]).
+    id: u64,
 }
 
 impl<B: Backend> Qwen3Model<B> {
@@ -106,7 +112,14 @@ impl<B: Backend> Qwen3Model<B> {
             layers,
             norm: backend.upload_vector(&[get("model.norm.weight", &[h])?])?,
             lm_head,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// This loaded model's id, never reused in the process: a backend that captures decode steps
+    /// (CUDA graphs bake in the weights' addresses) replays them only for the same id.
+    pub fn instance_id(&self) -> u64 {
+        self.id
     }
 
     fn attn_params<'a>(&self, layer: &'a LayerWeights<B>) -> AttnParams<'a, B::Vector> {
@@ -150,7 +163,14 @@ impl<B: Backend> Qwen3Model<B> {
             let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
             x = backend.add_rms_norm(&mut residual, &mlp_out, next_norm, eps)?;
         }
-        let last = backend.select_rows(&x, logit_rows)?;
+        // Logits for every row (decode steps, teacher forcing) need no gather.
+        let every_row =
+            logit_rows.len() == tokens.len() && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let last = if every_row {
+            x
+        } else {
+            backend.select_rows(&x, logit_rows)?
+        };
         backend.matmul(&last, self.lm_head.as_ref().unwrap_or(&self.embed), None)
     }
 }
