@@ -130,6 +130,24 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         if let Some(k) = kernels {
             println!("\nkernels/token (batch-1 decode step): {k}");
         }
+        if let Some((_, (tg, _))) = results.iter().find(|(t, _)| t.starts_with("tg")) {
+            // Bandwidth floor: the weights are read once per decode token.
+            let bytes = model.decode_weight_bytes(&backend) as f64;
+            let reached = bytes * tg;
+            print!(
+                "decode reads {:.2} GB of weights per token: {:.1} GB/s",
+                bytes / 1e9,
+                reached / 1e9
+            );
+            match backend.memory_bandwidth() {
+                Some(bw) => println!(
+                    " = {:.0}% of the measured copy bandwidth ({:.0} GB/s)",
+                    100.0 * reached / bw,
+                    bw / 1e9
+                ),
+                None => println!(),
+            }
+        }
     }
     Ok(())
 }

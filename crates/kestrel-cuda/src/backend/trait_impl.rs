@@ -12,7 +12,7 @@ use super::tensor::{
     matrix_to_bf16, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector,
 };
 use super::{be, CudaBackend};
-use crate::dtype::to_f32;
+use crate::dtype::{to_f32, Bf16};
 use crate::ops::argmax::argmax;
 use crate::ops::embedding::embedding;
 use crate::ops::norm::{add_rms_norm, rms_norm};
@@ -61,6 +61,10 @@ impl Backend for CudaBackend {
             "eager"
         };
         format!("cuda: {} ({}, bf16, {mode})", d.name(), d.arch())
+    }
+
+    fn matrix_bytes(&self, m: &CudaMatrix) -> usize {
+        m.rows * m.cols * std::mem::size_of::<Bf16>()
     }
 
     fn upload_matrix(&self, parts: &[HostTensor]) -> Result<CudaMatrix> {
@@ -251,6 +255,10 @@ impl Backend for CudaBackend {
         }
         let logits = forward(tokens, meta, cache)?;
         self.argmax(&logits)
+    }
+
+    fn memory_bandwidth(&self) -> Option<f64> {
+        crate::bandwidth::measure_copy_bandwidth(self.device()).ok()
     }
 
     fn decode_step_kernels(&self) -> Option<usize> {

@@ -41,6 +41,8 @@ pub trait Backend: Send + Sync {
 
     /// Makes a matrix of `parts` stacked by rows; all parts have the same number of columns.
     fn upload_matrix(&self, parts: &[HostTensor]) -> Result<Self::Matrix>;
+    /// Bytes a matmul with `m` reads from memory (its storage on this backend).
+    fn matrix_bytes(&self, m: &Self::Matrix) -> usize;
     /// Makes an f32 vector of `parts` concatenated.
     fn upload_vector(&self, parts: &[HostTensor]) -> Result<Self::Vector>;
     fn alloc_kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
@@ -130,6 +132,12 @@ pub trait Backend: Send + Sync {
 
     /// Kernels the last decode step launched (or captured), where the backend counts them.
     fn decode_step_kernels(&self) -> Option<usize> {
+        None
+    }
+
+    /// Memory bandwidth this device really reaches (bytes/s, a measured copy), where the backend can
+    /// measure it: benchmarks report decode speed as a fraction of it.
+    fn memory_bandwidth(&self) -> Option<f64> {
         None
     }
 }

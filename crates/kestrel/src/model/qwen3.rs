@@ -173,4 +173,20 @@ impl<B: Backend> Qwen3Model<B> {
         };
         backend.matmul(&last, self.lm_head.as_ref().unwrap_or(&self.embed), None)
     }
+
+    /// Weight bytes one decode step reads: every layer's matrices and the lm_head (the embedding table
+    /// contributes one row). Over a measured time per token, the memory bandwidth decode reaches.
+    pub fn decode_weight_bytes(&self, backend: &B) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.qkv, &l.o_proj, &l.gate_up, &l.down]
+                    .into_iter()
+                    .map(|m| backend.matrix_bytes(m))
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + backend.matrix_bytes(self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
 }

@@ -69,6 +69,11 @@ impl CpuMatrix {
         })
     }
 
+    /// Bytes of the weights as stored (quantized blocks read straight from the file).
+    pub fn storage_bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.bytes().len()).sum()
+    }
+
     pub fn types(&self) -> Vec<GgmlType> {
         self.parts.iter().map(|p| p.ty).collect()
     }

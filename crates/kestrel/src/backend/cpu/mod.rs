@@ -77,6 +77,10 @@ impl Backend for CpuBackend {
         CpuMatrix::new(parts.to_vec())
     }
 
+    fn matrix_bytes(&self, m: &CpuMatrix) -> usize {
+        m.storage_bytes()
+    }
+
     fn upload_vector(&self, parts: &[HostTensor]) -> Result<Vec<f32>> {
         let mut out = Vec::new();
         for p in parts {
