@@ -7,7 +7,10 @@
 //!
 //! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1.
 
-use std::path::PathBuf;
+mod common;
+
+use common::testdata;
+
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use kestrel::backend::cpu::CpuBackend;
@@ -43,37 +46,11 @@ fn backend() -> Option<Gpu> {
 fn shared_backend() -> Option<&'static CudaBackend> {
     static B: OnceLock<Option<CudaBackend>> = OnceLock::new();
     B.get_or_init(|| {
-        let require = std::env::var("KESTREL_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        match CudaBackend::open(0) {
-            Ok(Some(b)) => {
-                eprintln!("{}", b.name());
-                Some(b)
-            }
-            Ok(None) if require => panic!("KESTREL_REQUIRE_GPU=1 but no GPU was found"),
-            Err(e) if require => panic!("KESTREL_REQUIRE_GPU=1 but the GPU failed to open: {e}"),
-            Ok(None) => {
-                eprintln!("skipping: no GPU (KESTREL_REQUIRE_GPU=1 makes this a failure)");
-                None
-            }
-            Err(e) => {
-                eprintln!("skipping: the GPU failed to open: {e}");
-                None
-            }
-        }
+        common::open_or_skip(CudaBackend::open(0)).inspect(|b| {
+            eprintln!("{}", b.name());
+        })
     })
     .as_ref()
-}
-
-/// `testdata/` of the checkout: $KESTREL_TESTDATA, the source tree this was built from, or
-/// `./testdata` (a bundled test run from the root of a copied checkout).
-fn testdata(rel: &str) -> PathBuf {
-    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata"));
-    let base = match std::env::var_os("KESTREL_TESTDATA") {
-        Some(d) => PathBuf::from(d),
-        None if built.is_dir() => built,
-        None => PathBuf::from("testdata"),
-    };
-    base.join(rel)
 }
 
 struct Reference {

@@ -8,7 +8,10 @@
 //!
 //! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1.
 
-use std::path::PathBuf;
+mod common;
+
+use common::testdata;
+
 use std::sync::{Mutex, OnceLock};
 
 use kestrel::backend::{AttnMetadata, Backend, KvCacheSpec, SeqSlice};
@@ -24,35 +27,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn backend() -> Option<&'static CudaBackend> {
     static B: OnceLock<Option<CudaBackend>> = OnceLock::new();
     B.get_or_init(|| {
-        let require = std::env::var("KESTREL_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        match CudaBackend::open(0) {
-            Ok(Some(b)) => {
-                eprintln!("{}", b.name());
-                Some(b)
-            }
-            Ok(None) if require => panic!("KESTREL_REQUIRE_GPU=1 but no GPU was found"),
-            Err(e) if require => panic!("KESTREL_REQUIRE_GPU=1 but the GPU failed to open: {e}"),
-            Ok(None) => {
-                eprintln!("skipping: no GPU (KESTREL_REQUIRE_GPU=1 makes this a failure)");
-                None
-            }
-            Err(e) => {
-                eprintln!("skipping: the GPU failed to open: {e}");
-                None
-            }
-        }
+        common::open_or_skip(CudaBackend::open(0)).inspect(|b| {
+            eprintln!("{}", b.name());
+        })
     })
     .as_ref()
-}
-
-fn testdata(rel: &str) -> PathBuf {
-    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata"));
-    let base = match std::env::var_os("KESTREL_TESTDATA") {
-        Some(d) => PathBuf::from(d),
-        None if built.is_dir() => built,
-        None => PathBuf::from("testdata"),
-    };
-    base.join(rel)
 }
 
 fn load(backend: &CudaBackend, path: &str) -> Qwen3Model<CudaBackend> {

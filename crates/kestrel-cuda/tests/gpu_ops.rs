@@ -7,6 +7,8 @@
 //! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1. A run prints its random
 //! seed; KESTREL_TEST_SEED=<seed> repeats it.
 
+mod common;
+
 use std::sync::OnceLock;
 
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
@@ -24,30 +26,16 @@ use kestrel_cuda::{Bf16, CudaDevice, CudaError};
 fn device() -> Option<&'static CudaDevice> {
     static DEV: OnceLock<Option<CudaDevice>> = OnceLock::new();
     DEV.get_or_init(|| {
-        let require = std::env::var("KESTREL_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        match CudaDevice::open(0) {
-            Ok(Some(d)) => {
-                eprintln!(
-                    "GPU 0: {} (compute {}.{}, {} MiB), kernels for {}",
-                    d.name(),
-                    d.compute_capability().0,
-                    d.compute_capability().1,
-                    d.total_memory() >> 20,
-                    d.arch()
-                );
-                Some(d)
-            }
-            Ok(None) if require => panic!("KESTREL_REQUIRE_GPU=1 but no GPU was found"),
-            Err(e) if require => panic!("KESTREL_REQUIRE_GPU=1 but the GPU failed to open: {e}"),
-            Ok(None) => {
-                eprintln!("skipping: no GPU (KESTREL_REQUIRE_GPU=1 makes this a failure)");
-                None
-            }
-            Err(e) => {
-                eprintln!("skipping: the GPU failed to open: {e}");
-                None
-            }
-        }
+        common::open_or_skip(CudaDevice::open(0)).inspect(|d| {
+            eprintln!(
+                "GPU 0: {} (compute {}.{}, {} MiB), kernels for {}",
+                d.name(),
+                d.compute_capability().0,
+                d.compute_capability().1,
+                d.total_memory() >> 20,
+                d.arch()
+            );
+        })
     })
     .as_ref()
 }
