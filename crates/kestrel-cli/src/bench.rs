@@ -1,11 +1,18 @@
 //! `kestrel bench`: llama-bench-style speeds. pp = one forward pass over `-p` prompt tokens into an empty
 //! cache; tg = `-n` single-token decode steps from an empty cache. Each is repeated `-r` times after a
 //! warm-up; the table shows mean ± standard deviation of tokens per second.
+//!
+//! With `--batch N` (N > 1), llama-batched-bench style: N sequences, each with its own `-p` prompt
+//! tokens, in one shared KV cache. pp = prefilling all N prompts (several per forward, at most
+//! [`PREFILL_BATCH_TOKENS`] tokens each), aggregate prompt tokens per second; tg = `-n` decode steps
+//! after that prefill, each ONE forward over all N sequences (through `Backend::decode_argmax`, so a
+//! GPU replays the graph of the batch's bucket), aggregate generated tokens per second (N × n / time).
 
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use kestrel::engine::batch::{SequenceBatch, PREFILL_BATCH_TOKENS};
 use kestrel::engine::generate::SingleSequence;
 use serde_json::json;
 
@@ -36,6 +43,9 @@ pub struct BenchArgs {
     /// Repetitions of each test
     #[arg(short = 'r', long, default_value_t = 5, allow_negative_numbers = true)]
     pub repetitions: usize,
+    /// Sequences decoded together (aggregate throughput over one shared KV cache)
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub batch: usize,
     /// Print JSON instead of the table
     #[arg(long)]
     pub json: bool,
@@ -61,6 +71,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.n_prompt > 0 || args.n_gen > 0,
         "nothing to measure: -p (prompt tokens) and -n (generated tokens) are both 0"
     );
+    anyhow::ensure!(
+        args.batch > 0,
+        "invalid value for --batch: must be at least 1"
+    );
     args.model.clone().dispatch(args)
 }
 
@@ -75,13 +89,22 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         backend, loaded, ..
     } = ready;
     let vocab = loaded.config.vocab_size as u32;
-    // Fixed pseudo-random prompt tokens (llama-bench uses random tokens too).
-    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u64)
-        .map(|i| ((i.wrapping_mul(2654435761) >> 7) % vocab.min(10_000) as u64) as u32)
-        .collect();
+    // Fixed pseudo-random prompt tokens, different per sequence (llama-bench uses random tokens too).
+    let prompt = |seq: u64| -> Vec<u32> {
+        (0..args.n_prompt.max(1) as u64)
+            .map(|i| {
+                ((seq * 1_000_003 + i).wrapping_mul(2654435761) >> 7) % vocab.min(10_000) as u64
+            })
+            .map(|t| t as u32)
+            .collect()
+    };
+    let tokens = prompt(0);
     let mut results = Vec::new();
     let model = &loaded.model;
-    if args.n_prompt > 0 {
+    if args.batch > 1 {
+        let prompts: Vec<Vec<u32>> = (0..args.batch as u64).map(prompt).collect();
+        results = bench_batch(&args, &backend, model, &prompts)?;
+    } else if args.n_prompt > 0 {
         let mut speeds = Vec::new();
         for rep in 0..=args.repetitions {
             let mut seq = SingleSequence::new(&backend, model, args.n_prompt)?;
@@ -93,7 +116,7 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         }
         results.push((format!("pp{}", args.n_prompt), mean_sd(&speeds)));
     }
-    if args.n_gen > 0 {
+    if args.batch == 1 && args.n_gen > 0 {
         let mut speeds = Vec::new();
         for rep in 0..=args.repetitions {
             let mut seq = SingleSequence::new(&backend, model, args.n_gen)?;
@@ -109,7 +132,7 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
     }
     let model_name = loaded.source.path().display().to_string();
     let backend_name = backend.name();
-    // Kernels per decode step, where the backend counts them (after a tg run: a batch-1 step).
+    // Kernels per decode step, where the backend counts them (after a tg run: a step of the batch).
     let kernels = if args.n_gen > 0 {
         backend.decode_step_kernels()
     } else {
@@ -118,7 +141,7 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
     if args.json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(test, (m, sd))| json!({"model": model_name, "backend": backend_name, "test": test, "tok_s": m, "tok_s_sd": sd, "repetitions": args.repetitions, "kernels_per_token": kernels}))
+            .map(|(test, (m, sd))| json!({"model": model_name, "backend": backend_name, "test": test, "batch": args.batch, "tok_s": m, "tok_s_sd": sd, "repetitions": args.repetitions, "kernels_per_token": kernels}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -128,14 +151,19 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
             println!("| {model_name} | {backend_name} | {test} | {m:.2} ± {sd:.2} |");
         }
         if let Some(k) = kernels {
-            println!("\nkernels/token (batch-1 decode step): {k}");
+            if args.batch == 1 {
+                println!("\nkernels/token (batch-1 decode step): {k}");
+            } else {
+                println!("\nkernels/step (batch-{} decode step): {k}", args.batch);
+            }
         }
         if let Some((_, (tg, _))) = results.iter().find(|(t, _)| t.starts_with("tg")) {
-            // Bandwidth floor: the weights are read once per decode token.
+            // Bandwidth floor: the weights are read once per decode step (one token per sequence).
             let bytes = model.decode_weight_bytes(&backend) as f64;
-            let reached = bytes * tg;
+            let reached = bytes * tg / args.batch as f64;
+            let per = if args.batch == 1 { "token" } else { "step" };
             print!(
-                "decode reads {:.2} GB of weights per token: {:.1} GB/s",
+                "decode reads {:.2} GB of weights per {per}: {:.1} GB/s",
                 bytes / 1e9,
                 reached / 1e9
             );
@@ -150,4 +178,51 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+type Rows = Vec<(String, (f64, f64))>;
+
+/// `--batch N`: per repetition, the emptied cache; pp = prefilling every prompt, then tg = `-n` decode steps
+/// of all sequences together (after the prompts, or from an empty cache with `-p 0`).
+fn bench_batch<B: Backend>(
+    args: &BenchArgs,
+    backend: &B,
+    model: &kestrel::model::Qwen3Model<B>,
+    prompts: &[Vec<u32>],
+) -> Result<Rows> {
+    let n = prompts.len();
+    let (p, g) = (args.n_prompt, args.n_gen);
+    let caps = vec![p + g; n];
+    let refs: Vec<&[u32]> = prompts.iter().map(|t| &t[..p]).collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    // One cache for every repetition (a GPU keeps its decode graphs).
+    let mut batch = SequenceBatch::new(backend, model, &caps)?;
+    for rep in 0..=args.repetitions {
+        batch.reset();
+        let mut next: Vec<u32> = prompts.iter().map(|t| t[0]).collect();
+        if p > 0 {
+            let t = Instant::now();
+            next = batch.prefill(&refs, PREFILL_BATCH_TOKENS)?;
+            if rep > 0 {
+                pp.push((n * p) as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        if g > 0 {
+            let t = Instant::now();
+            for _ in 0..g {
+                next = batch.decode_argmax(&next)?;
+            }
+            if rep > 0 {
+                tg.push((n * g) as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    if p > 0 {
+        rows.push((format!("pp{p} x{n}"), mean_sd(&pp)));
+    }
+    if g > 0 {
+        rows.push((format!("tg{g} x{n}"), mean_sd(&tg)));
+    }
+    Ok(rows)
 }

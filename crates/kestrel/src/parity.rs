@@ -16,7 +16,8 @@ mod report;
 
 use std::path::Path;
 
-use crate::backend::{AttnMetadata, Backend, KvCacheSpec, SeqSlice};
+use crate::backend::Backend;
+use crate::engine::batch::SequenceBatch;
 use crate::model::Qwen3Model;
 use crate::{KestrelError, Result};
 
@@ -25,75 +26,10 @@ pub use report::{GreedyCheck, ParityReport, Segment};
 
 /// Our error may be this many times HF bf16's (DESIGN.md).
 pub const MARGIN: f64 = 1.5;
-const BLOCK_SIZE: usize = 16;
-
-/// A KV cache shared by a few sequences, whose blocks interleave (sequence i owns blocks i, i+n, ...).
-struct Batch<'a, B: Backend> {
-    backend: &'a B,
-    model: &'a Qwen3Model<B>,
-    cache: B::KvCache,
-    tables: Vec<Vec<u32>>,
-    lens: Vec<usize>,
-}
-
-impl<'a, B: Backend> Batch<'a, B> {
-    fn new(backend: &'a B, model: &'a Qwen3Model<B>, capacities: &[usize]) -> Result<Self> {
-        let n = capacities.len();
-        let per_seq = capacities
-            .iter()
-            .map(|c| c.div_ceil(BLOCK_SIZE))
-            .max()
-            .unwrap_or(1);
-        let c = &model.config;
-        let cache = backend.alloc_kv_cache(&KvCacheSpec {
-            num_layers: c.num_layers,
-            num_blocks: n * per_seq,
-            block_size: BLOCK_SIZE,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        })?;
-        let tables = (0..n)
-            .map(|i| (0..per_seq).map(|b| (b * n + i) as u32).collect())
-            .collect();
-        Ok(Batch {
-            backend,
-            model,
-            cache,
-            tables,
-            lens: vec![0; n],
-        })
-    }
-
-    /// One forward over `parts` (sequence, its new tokens): logits of every new token, or of each
-    /// part's last token.
-    fn step(&mut self, parts: &[(usize, &[u32])], all_rows: bool) -> Result<B::Tensor> {
-        let mut slices = Vec::with_capacity(parts.len());
-        let mut tokens = Vec::new();
-        for &(i, new) in parts {
-            self.lens[i] += new.len();
-            slices.push(SeqSlice {
-                query_start: tokens.len(),
-                query_len: new.len(),
-                context_len: self.lens[i],
-                block_table: self.tables[i].clone(),
-            });
-            tokens.extend_from_slice(new);
-        }
-        let meta = AttnMetadata::new(BLOCK_SIZE, slices)?;
-        let rows: Vec<usize> = if all_rows {
-            (0..tokens.len()).collect()
-        } else {
-            meta.last_token_rows()
-        };
-        self.model
-            .forward(self.backend, &tokens, &meta, &mut self.cache, &rows)
-    }
-}
-
 /// Feeds `seqs` through `batch` by `schedules` (per sequence, its chunk lengths; step k batches every
 /// sequence's k-th chunk) and adds each logit row to `prefill` or `decode`.
 fn run_schedule<B: Backend>(
-    batch: &mut Batch<'_, B>,
+    batch: &mut SequenceBatch<'_, B>,
     seqs: &[RefSequence],
     schedules: &[Vec<usize>],
     prefill: &mut Segment,
@@ -108,9 +44,9 @@ fn run_schedule<B: Backend>(
                 parts.push((i, &s.tokens[fed[i]..fed[i] + n]));
             }
         }
-        let (rows, vocab, data) = batch.backend.to_host(&batch.step(&parts, true)?)?;
+        let (rows, vocab, data) = batch.backend().to_host(&batch.step(&parts, true)?)?;
         let want = parts.iter().map(|p| p.1.len()).sum::<usize>();
-        if rows != want || vocab != batch.model.config.vocab_size {
+        if rows != want || vocab != batch.model().config.vocab_size {
             return Err(KestrelError::Backend(format!(
                 "parity: forward returned [{rows}, {vocab}] logits for {want} tokens"
             )));
@@ -157,7 +93,7 @@ pub fn run_parity<B: Backend>(
     // Batch of 1: one prefill, then one decode step per teacher token.
     let (mut prefill, mut decode) = (Segment::new("prefill"), Segment::new("decode"));
     let schedule = [vec![main.prompt_len], decode_steps(main)].concat();
-    let mut batch = Batch::new(backend, model, &[main.tokens.len()])?;
+    let mut batch = SequenceBatch::new(backend, model, &[main.tokens.len()])?;
     run_schedule(
         &mut batch,
         &r.seqs[..1],
@@ -183,13 +119,13 @@ pub fn run_parity<B: Backend>(
         })
         .collect();
     let caps: Vec<usize> = r.seqs.iter().map(|s| s.tokens.len()).collect();
-    let mut batch = Batch::new(backend, model, &caps)?;
+    let mut batch = SequenceBatch::new(backend, model, &caps)?;
     run_schedule(&mut batch, &r.seqs, &schedules, &mut mprefill, &mut mdecode)?;
 
     // Greedy from the first prompt, argmax on the backend.
     let prompt = &main.tokens[..main.prompt_len];
     let steps = r.greedy_fp32.len();
-    let mut batch = Batch::new(backend, model, &[prompt.len() + steps])?;
+    let mut batch = SequenceBatch::new(backend, model, &[prompt.len() + steps])?;
     let mut ours = Vec::with_capacity(steps);
     let mut next = prompt.to_vec();
     while ours.len() < steps {

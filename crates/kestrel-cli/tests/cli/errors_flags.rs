@@ -42,6 +42,12 @@ fn model_flags_out_of_range() {
         &["bench", "--model", &gguf, "-p", "0", "-n", "0"],
         &["-p", "-n"],
     );
+    fails(
+        &[
+            "bench", "--model", &gguf, "--batch", "0", "-p", "4", "-n", "2",
+        ],
+        &["--batch"],
+    );
 }
 
 #[test]

@@ -149,6 +149,29 @@ fn bench_json() {
 }
 
 #[test]
+fn bench_batch_json() {
+    let dir = tiny_dir().display().to_string();
+    let out = ok(&[
+        "bench", "--model", &dir, "--batch", "3", "-p", "8", "-n", "4", "-r", "1", "--json",
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let rows = rows.as_array().unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp8 x3", "tg4 x3"]);
+    for r in rows {
+        assert_eq!(r["batch"].as_u64(), Some(3), "{r}");
+        assert!(r["tok_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let table = ok(&[
+        "bench", "--model", &dir, "--batch", "3", "-p", "8", "-n", "4", "-r", "1",
+    ]);
+    assert!(
+        table.contains("| pp8 x3 |") && table.contains("| tg4 x3 |"),
+        "{table}"
+    );
+}
+
+#[test]
 fn chat_two_turns_with_reset() {
     let dir = tiny_dir().display().to_string();
     let o = kestrel_stdin(

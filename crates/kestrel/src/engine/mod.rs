@@ -1,3 +1,4 @@
+pub mod batch;
 pub mod generate;
 pub mod loaded;
 pub mod sampling;
