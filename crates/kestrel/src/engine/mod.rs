@@ -1,5 +1,7 @@
 pub mod batch;
+pub mod block_manager;
 pub mod generate;
 pub mod loaded;
 pub mod sampling;
+pub mod sequence;
 pub mod stop;
