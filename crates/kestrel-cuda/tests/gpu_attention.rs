@@ -12,6 +12,8 @@
 
 mod common;
 
+use common::Rng;
+
 use std::sync::OnceLock;
 
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
@@ -31,35 +33,13 @@ fn device() -> Option<&'static CudaDevice> {
     .as_ref()
 }
 
-/// splitmix64: fresh inputs each run, reproducible from the printed seed.
-struct Rng(u64);
+/// The value distributions these tests draw from the shared seeded generator.
+trait AttentionDraws {
+    fn uniform(&mut self) -> f64;
+    fn activations(&mut self, n: usize) -> Vec<f32>;
+}
 
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = match std::env::var("KESTREL_TEST_SEED") {
-            Ok(s) => s.parse().expect("KESTREL_TEST_SEED must be a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64,
-        };
-        eprintln!("{test}: KESTREL_TEST_SEED={seed}");
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Uniform in `lo ..= hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
+impl AttentionDraws for Rng {
     fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::Rng;
+
 use std::sync::OnceLock;
 
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
@@ -40,31 +42,14 @@ fn device() -> Option<&'static CudaDevice> {
     .as_ref()
 }
 
-/// splitmix64: fresh inputs each run, reproducible from the printed seed.
-struct Rng(u64);
+/// The value distributions these tests draw from the shared seeded generator.
+trait OpDraws {
+    fn uniform(&mut self) -> f32;
+    fn normal(&mut self) -> f32;
+    fn activations(&mut self, n: usize, scale: f32) -> Vec<f32>;
+}
 
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = match std::env::var("KESTREL_TEST_SEED") {
-            Ok(s) => s.parse().expect("KESTREL_TEST_SEED must be a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64,
-        };
-        eprintln!("{test}: KESTREL_TEST_SEED={seed}");
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
+impl OpDraws for Rng {
     /// Uniform in [0, 1).
     fn uniform(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32

@@ -2,26 +2,13 @@
 //! tiny vocabulary, interleaved allocate / append / finish / preempt. After every step the manager's
 //! invariants hold and capacity is respected; at the end every block is free again.
 
+mod common;
+
+use common::Rng;
 use std::collections::HashSet;
 
 use kestrel::engine::block_manager::BlockManager;
 use kestrel::engine::sequence::{Sequence, SequenceStatus};
-
-/// splitmix64: small, seeded, good enough for workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn check(m: &BlockManager, running: &[Sequence], ctx: &str) {
     let live: Vec<&Sequence> = running.iter().collect();

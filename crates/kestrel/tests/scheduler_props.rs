@@ -13,28 +13,13 @@
 //! of steps. At the end every block is free and every request has exactly `max_tokens` completion
 //! tokens, or fewer ending at its first eos.
 
+mod common;
+
+use common::Rng;
 use std::collections::{HashMap, HashSet};
 
 use kestrel::engine::scheduler::{ScheduledBatch, Scheduler, SchedulerConfig, SeqParams};
 use kestrel::engine::sequence::Sequence;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-}
 
 const EOS: u32 = 999;
 

@@ -35,3 +35,36 @@ pub fn testdata(rel: &str) -> PathBuf {
     };
     base.join(rel)
 }
+
+/// splitmix64 seeded per run (fresh inputs each time), printed so `KESTREL_TEST_SEED=<seed>` repeats
+/// a failing run. Test files add their own value distributions on top of `next_u64`.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = match std::env::var("KESTREL_TEST_SEED") {
+            Ok(s) => s.parse().expect("KESTREL_TEST_SEED must be a u64"),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        eprintln!("{test}: KESTREL_TEST_SEED={seed}");
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Uniform in `lo ..= hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+}
