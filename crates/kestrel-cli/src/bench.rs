@@ -49,6 +49,8 @@ pub struct BenchArgs {
     /// Print JSON instead of the table
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub engine: crate::bench_throughput::ThroughputArgs,
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
@@ -85,6 +87,10 @@ impl WithModel for BenchArgs {
 }
 
 fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
+    if args.engine.enabled() {
+        let (p, n) = (args.n_prompt, args.n_gen);
+        return crate::bench_throughput::run(&args.engine, p, n, args.json, ready);
+    }
     let Ready {
         backend, loaded, ..
     } = ready;

@@ -1,6 +1,7 @@
 //! `kestrel`: run, chat with, inspect and benchmark Qwen3 / Qwen2 models from HF safetensors or GGUF.
 
 mod bench;
+mod bench_throughput;
 mod chat;
 mod common;
 mod inspect;
@@ -34,7 +35,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Show a model's architecture, tensors, tokenizer and chat template.
     Inspect(inspect::InspectArgs),
-    /// Measure prompt processing (pp) and text generation (tg) speed, llama-bench style.
+    /// Measure prompt processing (pp) and text generation (tg) speed, llama-bench style; with
+    /// --throughput or --sweep, the batching engine's throughput.
     Bench(bench::BenchArgs),
 }
 

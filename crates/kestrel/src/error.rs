@@ -50,6 +50,9 @@ pub enum KestrelError {
     Download(String),
     #[error("backend: {0}")]
     Backend(String),
+    /// The engine's own bookkeeping broke a promise (a bug, reported instead of a panic).
+    #[error("engine: {0}")]
+    Engine(String),
 }
 
 impl KestrelError {

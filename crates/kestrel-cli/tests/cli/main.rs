@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bench_throughput;
 mod errors_files;
 mod errors_flags;
 mod happy;

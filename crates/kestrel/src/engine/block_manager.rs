@@ -204,6 +204,27 @@ impl BlockManager {
         seq.num_cached_tokens = 0;
     }
 
+    /// Releases a sequence whose KV is written only for its first `num_computed` tokens (an aborted
+    /// request, possibly mid-prefill). Its full blocks past them were hashed at allocation but never
+    /// written: their hashes are dropped first, so no later prefix-cache hit reads unwritten KV.
+    pub fn deallocate_partial(&mut self, seq: &mut Sequence, num_computed: usize) {
+        let first_unwritten = (num_computed / self.block_size).min(seq.block_table.len());
+        for &b in &seq.block_table[first_unwritten..] {
+            let block = &mut self.blocks[b as usize];
+            // Shared blocks were hits, hence computed; only our own can be unwritten.
+            if block.ref_count == 1 {
+                if let Some(h) = block.hash.take() {
+                    block.parent_hash = None;
+                    block.token_ids.clear();
+                    if self.hash_to_block.get(&h) == Some(&b) {
+                        self.hash_to_block.remove(&h);
+                    }
+                }
+            }
+        }
+        self.deallocate(seq);
+    }
+
     /// Whether [`Self::may_append`] can run: it needs a free block when the sequence has just
     /// crossed into a new block.
     pub fn can_append(&self, seq: &Sequence) -> bool {

@@ -21,6 +21,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context was reached.
     Length,
+    /// The request was aborted (by its client, or a failed step); only the engine reports it.
+    Abort,
 }
 
 #[derive(Clone, Debug)]

@@ -1,8 +1,16 @@
 pub mod batch;
+pub mod batch_sampler;
 pub mod block_manager;
+// DESIGN.md's layout names the file after the concept; the module name repeating its parent is deliberate.
+#[allow(clippy::module_inception)]
+pub mod engine;
 pub mod generate;
+pub mod handle;
 pub mod loaded;
+pub mod request;
+pub mod runner;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 pub mod stop;
+pub mod text_delta;

@@ -238,6 +238,22 @@ impl Scheduler {
         Some(seq)
     }
 
+    /// Drops a sequence wherever it is (waiting, running or finished) and frees its blocks; false
+    /// when the id is unknown. Called between steps: a running sequence may be mid-prefill, so its
+    /// unwritten blocks leave the prefix cache with it (rule 2 above).
+    pub fn abort(&mut self, id: u64) -> bool {
+        if let Some(i) = self.waiting.iter().position(|e| e.seq.id == id) {
+            self.waiting.remove(i);
+        } else if let Some(i) = self.running.iter().position(|e| e.seq.id == id) {
+            let mut e = self.running.remove(i);
+            self.bm.deallocate_partial(&mut e.seq, e.num_computed);
+        } else if self.finished.remove(&id).is_none() {
+            return false;
+        }
+        self.ids.remove(&id);
+        true
+    }
+
     fn preempt(&mut self, i: usize) -> u64 {
         let mut e = self.running.remove(i);
         self.bm.deallocate(&mut e.seq);

@@ -21,3 +21,5 @@ impl Rng {
         lo + self.below(hi - lo + 1)
     }
 }
+
+pub mod engine_ref;

@@ -1,0 +1,316 @@
+//! `kestrel bench --throughput`: the engine end to end (scheduler, paged KV cache, chunked prefill,
+//! preemption, batched sampling), as a server would drive it.
+//!
+//! - Default: nano-vllm's bench.py workload. `--num-seqs` (256) requests, prompt lengths uniform in
+//!   `--min-input-len..=--max-input-len` (100..=1024) of random token ids below 10,000, output
+//!   lengths uniform in `--min-output-len..=--max-output-len` (100..=1024), ignore_eos, a fixed
+//!   `--seed`; all submitted at once, timed from the first step to the last output. Prints total
+//!   output tokens, time and output tok/s. Greedy by default (the device argmax and decode graphs);
+//!   nano-vllm samples at temperature 0.6, which `--temperature 0.6` reproduces (logits then go to
+//!   the host sampler).
+//! - `--sweep`: llama-batched-bench's shape. For each concurrency in `--sweep-concurrency`
+//!   (1,16,64,256), that many requests of `-p` (512) prompt tokens and `-n` (128) output tokens at
+//!   once. Prefill tok/s = prompt tokens / time until every request has its first token; decode
+//!   tok/s = the later tokens / the rest of the time. With chunked prefill the first phase also
+//!   holds the decodes of requests whose prefill finished early (one token per request per step).
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kestrel::backend::Backend;
+use kestrel::engine::engine::{Engine, EngineConfig};
+use kestrel::engine::generate::BLOCK_SIZE;
+use kestrel::engine::request::Prompt;
+use kestrel::engine::sampling::SamplingParams;
+use kestrel::engine::scheduler::SchedulerConfig;
+use serde_json::json;
+
+use crate::common::Ready;
+
+#[derive(Args, Debug, Clone)]
+pub struct ThroughputArgs {
+    /// Engine throughput on nano-vllm's bench.py workload (see --num-seqs and the length flags)
+    #[arg(long)]
+    pub throughput: bool,
+    /// Engine prefill and decode speed at several concurrencies (-p prompt, -n output tokens each)
+    #[arg(long)]
+    pub sweep: bool,
+    /// --throughput: number of requests
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
+    pub num_seqs: usize,
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub min_input_len: usize,
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+    pub max_input_len: usize,
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub min_output_len: usize,
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+    pub max_output_len: usize,
+    /// Seed of the workload's lengths and token ids (and of the sampler)
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub seed: u64,
+    /// Sampling temperature of every request (0 = greedy)
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// --sweep: concurrencies, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub sweep_concurrency: Vec<usize>,
+    /// Most sequences running at once
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
+    pub max_num_seqs: usize,
+    /// Most tokens in one forward pass (prefill chunks plus decodes)
+    #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
+    pub max_num_batched_tokens: usize,
+    /// Tokens of KV cache [default: what --gpu-memory-utilization leaves on a GPU; on the CPU
+    /// what the workload needs, at most 4 GiB]
+    #[arg(long, allow_negative_numbers = true)]
+    pub kv_tokens: Option<usize>,
+}
+
+impl ThroughputArgs {
+    pub fn enabled(&self) -> bool {
+        self.throughput || self.sweep
+    }
+
+    fn check(&self) -> Result<()> {
+        let flag = |ok: bool, msg: &str| -> Result<()> {
+            anyhow::ensure!(ok, "invalid value for {msg}");
+            Ok(())
+        };
+        flag(self.num_seqs > 0, "--num-seqs: must be at least 1")?;
+        flag(
+            self.min_input_len > 0 && self.min_input_len <= self.max_input_len,
+            "--min-input-len/--max-input-len: need 1 <= min <= max",
+        )?;
+        flag(
+            self.min_output_len > 0 && self.min_output_len <= self.max_output_len,
+            "--min-output-len/--max-output-len: need 1 <= min <= max",
+        )?;
+        flag(
+            !self.sweep_concurrency.is_empty() && !self.sweep_concurrency.contains(&0),
+            "--sweep-concurrency: every value must be at least 1",
+        )?;
+        flag(self.max_num_seqs > 0, "--max-num-seqs: must be at least 1")?;
+        flag(
+            self.max_num_batched_tokens >= self.max_num_seqs,
+            "--max-num-batched-tokens: must be at least --max-num-seqs",
+        )?;
+        flag(self.kv_tokens != Some(0), "--kv-tokens: must be at least 1")
+    }
+}
+
+/// splitmix64: the workload is reproducible from `--seed` on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+}
+
+struct Request {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+}
+
+pub fn run<B: Backend>(
+    t: &ThroughputArgs,
+    n_prompt: usize,
+    n_gen: usize,
+    json_out: bool,
+    ready: Ready<B>,
+) -> Result<()> {
+    t.check()?;
+    let Ready {
+        backend,
+        loaded,
+        kv_tokens,
+    } = ready;
+    let vocab = loaded.config.vocab_size.min(10_000) as u64;
+    let mut rng = Rng(t.seed);
+    let random_prompt = |rng: &mut Rng, len: usize| -> Vec<u32> {
+        (0..len).map(|_| (rng.next() % vocab) as u32).collect()
+    };
+    let workload: Vec<Vec<Request>> = if t.sweep {
+        anyhow::ensure!(
+            n_prompt > 0 && n_gen > 0,
+            "--sweep needs -p and -n of at least 1"
+        );
+        t.sweep_concurrency
+            .iter()
+            .map(|&c| {
+                (0..c)
+                    .map(|_| Request {
+                        prompt: random_prompt(&mut rng, n_prompt),
+                        max_tokens: n_gen,
+                    })
+                    .collect()
+            })
+            .collect()
+    } else {
+        vec![(0..t.num_seqs)
+            .map(|_| {
+                let len = rng.range(t.min_input_len, t.max_input_len);
+                Request {
+                    prompt: random_prompt(&mut rng, len),
+                    max_tokens: rng.range(t.min_output_len, t.max_output_len),
+                }
+            })
+            .collect()]
+    };
+
+    // KV: the GPU's planned share, else what the largest run needs (CPU memory is not planned).
+    let c = &loaded.config;
+    let longest = workload
+        .iter()
+        .flatten()
+        .map(|r| r.prompt.len() + r.max_tokens)
+        .max()
+        .unwrap_or(1);
+    // Whole blocks per request: every request of the largest run fits at once.
+    let needed: usize = workload
+        .iter()
+        .map(|w| {
+            w.iter()
+                .map(|r| (r.prompt.len() + r.max_tokens).div_ceil(BLOCK_SIZE) * BLOCK_SIZE)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(1);
+    let cpu_cap = (4usize << 30) / (c.num_layers * c.num_kv_heads * c.head_dim * 2 * 4).max(1);
+    let tokens = match (t.kv_tokens, kv_tokens) {
+        (Some(k), Some(fits)) => {
+            anyhow::ensure!(
+                k <= fits,
+                "invalid value for --kv-tokens: {k} tokens don't fit the GPU, which holds {fits}"
+            );
+            k
+        }
+        (Some(k), None) => k,
+        (None, Some(fits)) => fits,
+        (None, None) => needed.min(cpu_cap).max(longest),
+    };
+    anyhow::ensure!(
+        tokens >= longest,
+        "the KV cache holds {tokens} tokens but one request needs {longest}: raise --kv-tokens"
+    );
+    let cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_num_seqs: t.max_num_seqs,
+            max_num_batched_tokens: t.max_num_batched_tokens,
+            block_size: BLOCK_SIZE,
+            num_blocks: tokens / BLOCK_SIZE,
+            chunked_prefill: true,
+        },
+        max_model_len: None,
+    };
+    let model_name = loaded.source.path().display().to_string();
+    let backend_name = backend.name();
+    let mut engine = Engine::from_loaded(backend, loaded, cfg).context("setting up the engine")?;
+    let params = |max_tokens| SamplingParams {
+        temperature: t.temperature,
+        seed: Some(t.seed),
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Warm-up (nano-vllm's too): first-use costs (kernel compiles, allocations) stay out of the time.
+    engine.generate([(Prompt::Tokens(vec![1; 16]), params(4))])?;
+
+    let mut rows = Vec::new();
+    for reqs in &workload {
+        let s0 = engine.stats();
+        let mut first = vec![false; reqs.len()];
+        let mut ids = std::collections::HashMap::new();
+        for (i, r) in reqs.iter().enumerate() {
+            ids.insert(
+                engine.add_request(r.prompt.clone(), params(r.max_tokens))?,
+                i,
+            );
+        }
+        let start = Instant::now();
+        let mut prefill_done = None;
+        let mut generated = 0usize;
+        let mut after_prefill = 0usize;
+        while engine.has_unfinished() {
+            for o in engine.step()? {
+                generated += o.new_token_ids.len();
+                if prefill_done.is_some() {
+                    after_prefill += o.new_token_ids.len();
+                }
+                if let Some(&i) = ids.get(&o.id) {
+                    first[i] = true;
+                }
+            }
+            if prefill_done.is_none() && first.iter().all(|&f| f) {
+                prefill_done = Some(start.elapsed());
+            }
+        }
+        let total = start.elapsed().as_secs_f64();
+        let st = engine.stats();
+        let preemptions = st.preemptions - s0.preemptions;
+        let prompt_tokens: usize = reqs.iter().map(|r| r.prompt.len()).sum();
+        if t.sweep {
+            let pp = prefill_done.map_or(total, |d| d.as_secs_f64());
+            let pp_tok_s = prompt_tokens as f64 / pp.max(1e-9);
+            let tg_tok_s = after_prefill as f64 / (total - pp).max(1e-9);
+            rows.push(
+                json!({"model": model_name, "backend": backend_name, "test": "sweep",
+                "concurrency": reqs.len(), "prompt_tokens": n_prompt, "output_tokens": n_gen,
+                "prefill_tok_s": pp_tok_s, "decode_tok_s": tg_tok_s, "seconds": total,
+                "preemptions": preemptions}),
+            );
+        } else {
+            rows.push(
+                json!({"model": model_name, "backend": backend_name, "test": "throughput",
+                "num_seqs": reqs.len(), "prompt_tokens": prompt_tokens, "output_tokens": generated,
+                "seconds": total, "output_tok_s": generated as f64 / total.max(1e-9),
+                "total_tok_s": (prompt_tokens + generated) as f64 / total.max(1e-9),
+                "steps": st.steps - s0.steps, "preemptions": preemptions, "kv_tokens": tokens}),
+            );
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if t.sweep {
+        println!("| model | backend | concurrency | pp | tg | prefill t/s | decode t/s |");
+        println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+        for r in &rows {
+            println!(
+                "| {model_name} | {backend_name} | {} | {n_prompt} | {n_gen} | {:.2} | {:.2} |",
+                r["concurrency"],
+                r["prefill_tok_s"].as_f64().unwrap_or(0.0),
+                r["decode_tok_s"].as_f64().unwrap_or(0.0)
+            );
+        }
+    } else if let Some(r) = rows.first() {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        println!(
+            "Total: {}tok, Time: {:.2}s, Throughput: {:.2}tok/s",
+            r["output_tokens"],
+            f("seconds"),
+            f("output_tok_s")
+        );
+        println!(
+            "({} requests, {} prompt tokens, {:.2} total tok/s, {} steps, {} preemptions, \
+             KV cache {} tokens; {model_name} on {backend_name})",
+            r["num_seqs"],
+            r["prompt_tokens"],
+            f("total_tok_s"),
+            r["steps"],
+            r["preemptions"],
+            tokens
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! The engine: many requests over one model and one paged KV cache, each at its own pace
+//! (nano-vllm's `LLMEngine`). Each [`Engine::step`] asks the [`Scheduler`] which sequences run and
+//! how many tokens each feeds, lets the [`Runner`] run them in one forward pass, samples a token for
+//! each sequence at the end of its tokens, and turns those into per-request outputs.
+//!
+//! Who decides what: the scheduler owns blocks, admission, chunking and preemption, and ends a
+//! sequence at `max_tokens`; the engine ends it at a stop token or stop string (the scheduler's own
+//! eos is not used, since requests have several stop ids) and then aborts it in the scheduler, which
+//! frees its blocks. The engine is single-threaded; [`super::handle::EngineHandle`] runs it on a
+//! thread of its own for concurrent clients.
+
+use std::collections::{HashMap, HashSet};
+
+use super::batch_sampler::sample_step;
+use super::generate::FinishReason;
+use super::loaded::LoadedModel;
+use super::request::{Output, Prompt, Request, RequestId, RequestOutput};
+use super::runner::Runner;
+use super::sampling::{Sampler, SamplingParams};
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqParams};
+use super::sequence::Sequence;
+use crate::backend::Backend;
+use crate::model::Qwen3Model;
+use crate::tokenizer::Tokenizer;
+use crate::{KestrelError, Result};
+
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    pub scheduler: SchedulerConfig,
+    /// Prompt plus generated tokens of one request at most; `None`: the model's maximum.
+    pub max_model_len: Option<usize>,
+}
+
+/// Counters over the engine's life (benchmarks and tests read them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub steps: u64,
+    /// Tokens fed to the model (prefill chunks and decode steps).
+    pub computed_tokens: u64,
+    /// Tokens whose KV an admission found in the prefix cache instead of computing it.
+    pub cached_tokens: u64,
+    pub generated_tokens: u64,
+    pub preemptions: u64,
+    /// Steps through the backend's decode graph path.
+    pub graph_steps: u64,
+}
+
+pub struct Engine<B: Backend> {
+    backend: B,
+    model: Qwen3Model<B>,
+    tokenizer: Tokenizer,
+    eos_token_ids: Vec<u32>,
+    max_model_len: usize,
+    scheduler: Scheduler,
+    runner: Runner<B>,
+    requests: HashMap<RequestId, Request>,
+    /// Requests holding KV blocks (admitted and not preempted since).
+    admitted: HashSet<RequestId>,
+    next_id: RequestId,
+    /// Outputs made between steps (aborts), returned by the next `step`.
+    pending: Vec<RequestOutput>,
+    stats: EngineStats,
+}
+
+fn scheduler_error(e: SchedulerError) -> KestrelError {
+    match e {
+        SchedulerError::Config(m) => KestrelError::param("engine config", m),
+        e => KestrelError::param("request", e.to_string()),
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn new(
+        backend: B,
+        model: Qwen3Model<B>,
+        tokenizer: Tokenizer,
+        eos_token_ids: Vec<u32>,
+        cfg: EngineConfig,
+    ) -> Result<Self> {
+        let scheduler = Scheduler::new(cfg.scheduler).map_err(scheduler_error)?;
+        let s = &cfg.scheduler;
+        let runner = Runner::new(&backend, &model.config, s.block_size, s.num_blocks)?;
+        let max_model_len = cfg
+            .max_model_len
+            .unwrap_or(model.config.max_position_embeddings);
+        Ok(Engine {
+            backend,
+            model,
+            tokenizer,
+            eos_token_ids,
+            max_model_len,
+            scheduler,
+            runner,
+            requests: HashMap::new(),
+            admitted: HashSet::new(),
+            next_id: 0,
+            pending: Vec::new(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn from_loaded(backend: B, loaded: LoadedModel<B>, cfg: EngineConfig) -> Result<Self> {
+        Self::new(
+            backend,
+            loaded.model,
+            loaded.tokenizer,
+            loaded.eos_token_ids,
+            cfg,
+        )
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn model(&self) -> &Qwen3Model<B> {
+        &self.model
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            graph_steps: self.runner.graph_steps(),
+            ..self.stats
+        }
+    }
+
+    pub fn num_free_blocks(&self) -> usize {
+        self.scheduler.block_manager().num_free_blocks()
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.scheduler.block_manager().num_blocks()
+    }
+
+    /// Requests not yet finished (or finished with outputs not yet returned by `step`).
+    pub fn has_unfinished(&self) -> bool {
+        !self.requests.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Queues a request; its outputs come from later [`Self::step`]s.
+    pub fn add_request(
+        &mut self,
+        prompt: impl Into<Prompt>,
+        params: SamplingParams,
+    ) -> Result<RequestId> {
+        while self.requests.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
+        let id = self.next_id;
+        let prompt = prompt.into().into_tokens(&self.tokenizer)?;
+        self.add_request_with_id(id, prompt, params)?;
+        Ok(id)
+    }
+
+    /// Queues a request under an id the caller chose (the handle hands ids out before the engine
+    /// thread sees the request).
+    pub fn add_request_with_id(
+        &mut self,
+        id: RequestId,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<()> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(KestrelError::param("prompt", "is empty"));
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(&t) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(KestrelError::param(
+                "prompt",
+                format!("token id {t} is outside the model's vocabulary of {vocab}"),
+            ));
+        }
+        if prompt.len() >= self.max_model_len {
+            return Err(KestrelError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context: self.max_model_len,
+            });
+        }
+        if self.requests.contains_key(&id) {
+            return Err(KestrelError::param("request", format!("id {id} is in use")));
+        }
+        let max_tokens = params.max_tokens.min(self.max_model_len - prompt.len());
+        let bs = self.runner.block_size();
+        let seq = Sequence::new(id, prompt.clone(), bs);
+        let seq_params = SeqParams {
+            max_tokens,
+            eos: None,
+        };
+        self.scheduler
+            .add(seq, seq_params)
+            .map_err(scheduler_error)?;
+        let req = Request::new(
+            id,
+            &prompt,
+            params,
+            max_tokens,
+            &self.eos_token_ids,
+            &self.tokenizer,
+        );
+        self.requests.insert(id, req);
+        Ok(())
+    }
+
+    /// Ends a request now and frees its KV blocks; its last output (finish reason `Abort`) comes
+    /// with the next step. False when the id is not a live request.
+    pub fn abort(&mut self, id: RequestId) -> bool {
+        let Some(mut req) = self.requests.remove(&id) else {
+            return false;
+        };
+        self.scheduler.abort(id);
+        self.admitted.remove(&id);
+        self.pending
+            .push(req.finish_without_token(FinishReason::Abort));
+        true
+    }
+
+    /// Runs one step; returns an output for every request that generated a token or finished.
+    pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
+        let mut outputs = std::mem::take(&mut self.pending);
+        if self.scheduler.is_finished() {
+            return Ok(outputs);
+        }
+        let batch = self.scheduler.schedule().ok_or_else(|| {
+            KestrelError::Engine("requests are waiting but none can be scheduled".into())
+        })?;
+        self.stats.steps += 1;
+        self.stats.preemptions += batch.preempted.len() as u64;
+        self.stats.computed_tokens += batch.num_tokens() as u64;
+        for id in &batch.preempted {
+            self.admitted.remove(id);
+        }
+        for s in &batch.seqs {
+            // An admission's first chunk starts right after its prefix-cache hits.
+            if self.admitted.insert(s.seq_id) {
+                self.stats.cached_tokens += (s.context_len - s.token_ids.len()) as u64;
+            }
+        }
+        let sampling: Vec<usize> = (0..batch.seqs.len())
+            .filter(|&k| batch.seqs[k].samples)
+            .collect();
+        let row_of: HashMap<RequestId, usize> = sampling
+            .iter()
+            .enumerate()
+            .map(|(row, &k)| (batch.seqs[k].seq_id, row))
+            .collect();
+        let mut slots: Vec<Option<&mut Sampler>> = (0..sampling.len()).map(|_| None).collect();
+        for (id, req) in self.requests.iter_mut() {
+            if let Some(&row) = row_of.get(id) {
+                slots[row] = Some(&mut req.sampler);
+            }
+        }
+        let mut samplers: Vec<&mut Sampler> = slots
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| KestrelError::Engine("a scheduled sequence has no request".into()))?;
+        let all_greedy = samplers.iter().all(|s| s.params().is_plain_greedy());
+        let step = self
+            .runner
+            .run(&self.backend, &self.model, &batch, all_greedy)?;
+        let mut sampled = vec![None; batch.seqs.len()];
+        if let Some(step) = step {
+            let ids = sample_step(&self.backend, step, &mut samplers)?;
+            for (&k, id) in sampling.iter().zip(ids) {
+                sampled[k] = Some(id);
+            }
+        }
+        let done: HashSet<RequestId> = self
+            .scheduler
+            .postprocess(&batch, &sampled)
+            .into_iter()
+            .collect();
+        for (s, tok) in batch.seqs.iter().zip(&sampled) {
+            let Some(tok) = *tok else { continue };
+            let req = self
+                .requests
+                .get_mut(&s.seq_id)
+                .ok_or_else(|| KestrelError::Engine(format!("no request {}", s.seq_id)))?;
+            self.stats.generated_tokens += 1;
+            let mut out = req.on_token(tok)?;
+            if done.contains(&s.seq_id) {
+                self.scheduler.take_finished(s.seq_id);
+                if out.finish_reason.is_none() {
+                    // Both count to the same max_tokens; this only guards against drift.
+                    let last = req.finish_without_token(FinishReason::Length);
+                    out.text += &last.text;
+                    out.finish_reason = last.finish_reason;
+                }
+            } else if out.finish_reason.is_some() {
+                self.scheduler.abort(s.seq_id);
+            }
+            if out.finish_reason.is_some() {
+                self.requests.remove(&s.seq_id);
+                self.admitted.remove(&s.seq_id);
+            }
+            outputs.push(out);
+        }
+        Ok(outputs)
+    }
+
+    /// Runs `requests` to completion (offline batch inference); outputs in the order given.
+    pub fn generate(
+        &mut self,
+        requests: impl IntoIterator<Item = (Prompt, SamplingParams)>,
+    ) -> Result<Vec<Output>> {
+        let mut order = Vec::new();
+        let mut outs: HashMap<RequestId, Output> = HashMap::new();
+        for (prompt, params) in requests {
+            let id = self.add_request(prompt, params)?;
+            order.push(id);
+            outs.insert(id, Output::new(id));
+        }
+        while order
+            .iter()
+            .any(|id| outs.get(id).is_some_and(|o| o.finish_reason.is_none()))
+        {
+            for o in self.step()? {
+                if let Some(out) = outs.get_mut(&o.id) {
+                    out.push(&o);
+                }
+            }
+        }
+        order
+            .iter()
+            .map(|id| {
+                outs.remove(id)
+                    .ok_or_else(|| KestrelError::Engine(format!("request {id} has no output")))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,162 @@
+//! Runs one scheduled step on the model (nano-vllm's `ModelRunner`): owns the paged KV cache, turns a
+//! [`ScheduledBatch`] into the explicit [`AttnMetadata`] of the forward pass, and returns what the
+//! sampler needs for the sequences that take a token this step.
+//!
+//! A step that is pure decode (one token per sequence, every one sampling) with every request greedy
+//! goes through [`Backend::decode_argmax`], so a GPU replays the captured graph of the batch's size
+//! bucket and only token ids cross to the host. Every other step (prefill chunks, mixed steps,
+//! non-greedy requests) is a plain forward returning one logits row per sampling sequence.
+//!
+//! The runner knows nothing of requests or the block manager: the scheduler's block tables are the
+//! only truth about where a sequence's KV lives, which keeps preemption and prefix caching out of here.
+
+use super::scheduler::ScheduledBatch;
+use crate::backend::{AttnMetadata, Backend, KvCacheSpec, SeqSlice};
+use crate::config::ModelConfig;
+use crate::model::Qwen3Model;
+use crate::{KestrelError, Result};
+
+/// What a step leaves for choosing the next tokens, one entry per sampling sequence in batch order.
+pub enum StepLogits<T> {
+    /// Greedy tokens already chosen on the device (the decode graph path).
+    Tokens(Vec<u32>),
+    /// Logits `[sampling sequences, vocab]`.
+    Logits(T),
+}
+
+pub struct Runner<B: Backend> {
+    cache: B::KvCache,
+    block_size: usize,
+    num_blocks: usize,
+    /// Steps that went through the decode graph path (benchmarks and tests read it).
+    graph_steps: u64,
+}
+
+impl<B: Backend> Runner<B> {
+    /// A KV cache of `num_blocks` blocks of `block_size` tokens for every layer of `config`.
+    pub fn new(
+        backend: &B,
+        config: &ModelConfig,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<Self> {
+        if block_size == 0 || num_blocks == 0 {
+            return Err(KestrelError::param(
+                "num_blocks",
+                "the KV cache needs at least one block of at least one token",
+            ));
+        }
+        let cache = backend.alloc_kv_cache(&KvCacheSpec {
+            num_layers: config.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+        })?;
+        Ok(Runner {
+            cache,
+            block_size,
+            num_blocks,
+            graph_steps: 0,
+        })
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn graph_steps(&self) -> u64 {
+        self.graph_steps
+    }
+
+    /// The batch's tokens in order and their metadata. Block ids are checked against the cache here:
+    /// the attention ops index the cache with them unchecked.
+    pub fn metadata(&self, batch: &ScheduledBatch) -> Result<(Vec<u32>, AttnMetadata)> {
+        if batch.seqs.is_empty() {
+            return Err(KestrelError::Engine("an empty step was scheduled".into()));
+        }
+        let mut tokens = Vec::with_capacity(batch.num_tokens());
+        let mut slices = Vec::with_capacity(batch.seqs.len());
+        for s in &batch.seqs {
+            if let Some(&b) = s
+                .block_table
+                .iter()
+                .find(|&&b| b as usize >= self.num_blocks)
+            {
+                return Err(KestrelError::Engine(format!(
+                    "sequence {} holds block {b} of a cache of {}",
+                    s.seq_id, self.num_blocks
+                )));
+            }
+            if s.token_ids.is_empty() {
+                return Err(KestrelError::Engine(format!(
+                    "sequence {} was scheduled with no tokens",
+                    s.seq_id
+                )));
+            }
+            slices.push(SeqSlice {
+                query_start: tokens.len(),
+                query_len: s.token_ids.len(),
+                context_len: s.context_len,
+                block_table: s.block_table.clone(),
+            });
+            tokens.extend_from_slice(&s.token_ids);
+        }
+        Ok((tokens, AttnMetadata::new(self.block_size, slices)?))
+    }
+
+    /// Runs the step. `all_greedy`: every sampling sequence decodes greedily with no penalty, so a
+    /// pure-decode step may take the decode graph path. `None` when no sequence samples (every one
+    /// is in the middle of its prefill): the step only filled the cache.
+    pub fn run(
+        &mut self,
+        backend: &B,
+        model: &Qwen3Model<B>,
+        batch: &ScheduledBatch,
+        all_greedy: bool,
+    ) -> Result<Option<StepLogits<B::Tensor>>> {
+        let (tokens, meta) = self.metadata(batch)?;
+        let last_rows = meta.last_token_rows();
+        let rows: Vec<usize> = batch
+            .seqs
+            .iter()
+            .zip(&last_rows)
+            .filter(|(s, _)| s.samples)
+            .map(|(_, &r)| r)
+            .collect();
+        let pure_decode = rows.len() == batch.seqs.len() && tokens.len() == batch.seqs.len();
+        if all_greedy && pure_decode {
+            self.graph_steps += 1;
+            let ids = backend.decode_argmax(
+                model.instance_id(),
+                &tokens,
+                &meta,
+                &mut self.cache,
+                &mut |t, m, c| {
+                    let every: Vec<usize> = (0..t.len()).collect();
+                    model.forward(backend, t, m, c, &every)
+                },
+            )?;
+            if ids.len() != tokens.len() {
+                return Err(KestrelError::Backend(format!(
+                    "decode step returned {} tokens for {} sequences",
+                    ids.len(),
+                    tokens.len()
+                )));
+            }
+            return Ok(Some(StepLogits::Tokens(ids)));
+        }
+        if rows.is_empty() {
+            // Only the KV matters; the last row's logits are the cheapest to compute and drop.
+            let last = [tokens.len() - 1];
+            model.forward(backend, &tokens, &meta, &mut self.cache, &last)?;
+            return Ok(None);
+        }
+        let logits = model.forward(backend, &tokens, &meta, &mut self.cache, &rows)?;
+        Ok(Some(StepLogits::Logits(logits)))
+    }
+}
