@@ -6,11 +6,14 @@
 //     block_tables[s * max_blocks + pos / block_size] * block_size + pos % block_size
 //   workspace: ml [num_seqs, num_heads, max_partitions, 2] (running max, sum of exp), then
 //     acc [num_seqs, num_heads, max_partitions, head_dim] (unnormalised P.V of the partition)
+//   done: [num_seqs, gridDim.x] u32 counters, zero between launches
+// The last CTA of a (sequence, head group) to finish its partition merges all of them (a counter
+// bumped after a fence elects it, then resets the counter), so decode attention is one launch.
 // The grid depends only on (num_seqs, heads, max_partitions), never on the context lengths, which are
 // read from device memory: a CUDA graph captured once replays right as the sequences grow. Each
 // sequence splits its context into partitions of partition_size(ctx) keys (at most max_partitions
 // of them); CTAs past the last partition exit at once. A sequence with a single partition writes its
-// output directly and the reduce skips it.
+// output directly.
 // Numerics: f32 dot products, softmax with a running max (expf, not the fast intrinsic) and f32 P.V
 // accumulation; the output is rounded to bf16 once. A sequence with no keys yields zeros.
 #include "common.cuh"
@@ -38,7 +41,8 @@ __device__ __forceinline__ int partition_count(int ctx, int part) {
 // dynamic shared memory DECODE_WARPS * G * (head_dim + 2) floats.
 template <int G, int U>
 __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_ml,
-                                 float *__restrict__ ws_acc, const bf16 *__restrict__ q,
+                                 float *__restrict__ ws_acc, unsigned *__restrict__ done,
+                                 const bf16 *__restrict__ q,
                                  const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
                                  const unsigned *__restrict__ cu_seqlens_q,
                                  const unsigned *__restrict__ context_lens,
@@ -46,6 +50,7 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
                                  int num_kv_heads, int head_dim, int block_size, int max_blocks,
                                  int max_partitions, float scale) {
     extern __shared__ float decode_smem[];
+    pdl_enter();
     const int s = blockIdx.y, p = blockIdx.z;
     const int q_token = (int)cu_seqlens_q[s];
     if ((int)cu_seqlens_q[s + 1] - q_token <= 0) return;
@@ -185,15 +190,44 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
             }
         }
     }
+    if (nparts == 1) return;
+
+    // Elect the last CTA of this (sequence, head group): it merges the partitions in a fixed order.
+    __shared__ bool merge_here;
+    __threadfence();  // this CTA's partials are visible before its count is
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned *counter = done + (size_t)s * gridDim.x + blockIdx.x;
+        merge_here = atomicAdd(counter, 1u) == (unsigned)nparts - 1;
+        if (merge_here) *counter = 0u;  // ready for the next launch (graph replays reuse it)
+    }
+    __syncthreads();
+    if (!merge_here) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < gcount * head_dim; i += blockDim.x) {
+        const int g = i / head_dim, d = i % head_dim;
+        const size_t row0 = ((size_t)s * num_heads + h0 + g) * max_partitions;
+        float mx = NEG_INF;
+        for (int pp = 0; pp < nparts; ++pp) mx = fmaxf(mx, __ldcg(ws_ml + (row0 + pp) * 2));
+        float sum = 0.0f, a = 0.0f;
+        for (int pp = 0; pp < nparts; ++pp) {
+            const float w = expf(__ldcg(ws_ml + (row0 + pp) * 2) - mx);
+            sum = fmaf(__ldcg(ws_ml + (row0 + pp) * 2 + 1), w, sum);
+            a = fmaf(__ldcg(ws_acc + (row0 + pp) * head_dim + d), w, a);
+        }
+        out[(size_t)q_token * q_stride + (size_t)(h0 + g) * head_dim + d] =
+            __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
+    }
 }
 
 #define DECODE_KERNEL(G, U)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_g##G(           \
-        bf16 *out, float *ws_ml, float *ws_acc, const bf16 *q, const bf16 *k_cache,                \
+        bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache, \
         const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,           \
         const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim,                \
         int block_size, int max_blocks, int max_partitions, float scale) {                          \
-        decode_partition<G, U>(out, ws_ml, ws_acc, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
+        decode_partition<G, U>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,          \
+                               context_lens,                                                        \
                                block_tables, num_heads, num_kv_heads, head_dim, block_size,         \
                                max_blocks, max_partitions, scale);                                  \
     }
@@ -202,29 +236,3 @@ DECODE_KERNEL(1, 4)
 DECODE_KERNEL(2, 4)
 DECODE_KERNEL(4, 4)
 DECODE_KERNEL(8, 2)
-
-// Merges the partitions of each (sequence, head) with more than one: out = sum_p e^(m_p - M) acc_p /
-// sum_p e^(m_p - M) l_p. Launch: grid (num_heads, num_seqs), block head_dim rounded up to 32.
-extern "C" __global__ void attention_decode_reduce(bf16 *out, const float *__restrict__ ws_ml,
-                                                   const float *__restrict__ ws_acc,
-                                                   const unsigned *__restrict__ cu_seqlens_q,
-                                                   const unsigned *__restrict__ context_lens,
-                                                   int num_heads, int head_dim, int max_partitions) {
-    const int h = blockIdx.x, s = blockIdx.y, d = threadIdx.x;
-    const int q_token = (int)cu_seqlens_q[s];
-    if ((int)cu_seqlens_q[s + 1] - q_token <= 0 || d >= head_dim) return;
-    const int ctx = (int)context_lens[s];
-    const int nparts = partition_count(ctx, partition_size(ctx, max_partitions));
-    if (nparts == 1) return;  // written by the partition kernel
-    const size_t row0 = ((size_t)s * num_heads + h) * max_partitions;
-    float mx = NEG_INF;
-    for (int p = 0; p < nparts; ++p) mx = fmaxf(mx, ws_ml[(row0 + p) * 2]);
-    float sum = 0.0f, a = 0.0f;
-    for (int p = 0; p < nparts; ++p) {
-        const float w = expf(ws_ml[(row0 + p) * 2] - mx);
-        sum = fmaf(ws_ml[(row0 + p) * 2 + 1], w, sum);
-        a = fmaf(ws_acc[(row0 + p) * head_dim + d], w, a);
-    }
-    out[(size_t)q_token * num_heads * head_dim + (size_t)h * head_dim + d] =
-        __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
-}

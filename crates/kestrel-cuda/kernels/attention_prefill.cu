@@ -192,6 +192,7 @@ __device__ void prefill_tile(bf16 *__restrict__ out, const bf16 *__restrict__ q,
         bf16 *out, const bf16 *q, const bf16 *k_cache, const bf16 *v_cache,                         \
         const unsigned *cu_seqlens_q, const unsigned *context_lens, const unsigned *block_tables,   \
         int num_heads, int num_kv_heads, int block_size, int max_blocks, float scale) {             \
+        pdl_enter();                                                                                \
         prefill_tile<D>(out, q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables,        \
                         num_heads, num_kv_heads, block_size, max_blocks, scale);                    \
     }

@@ -47,3 +47,32 @@ __device__ __forceinline__ uint4 pack_bf16x8(const float f[8]) {
     for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
     return v;
 }
+
+// Programmatic dependent launch (sm_90+; no-ops before). A kernel launched with the PDL attribute may
+// start while the kernel before it still runs: it must call pdl_wait() before reading anything an
+// earlier kernel wrote (or writing anything one reads), and in every block (a block that exits without
+// waiting would let the grid finish before its predecessor, breaking the chain's transitivity). It
+// calls pdl_launch_dependents() only after its own wait, so at most two grids overlap.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Both, at the top of a kernel that has nothing to do before its inputs are ready.
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
+// Asks L2 to fetch the 128-byte line holding p (weights: they do not depend on earlier kernels, so a
+// kernel prefetches them before pdl_wait()).
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}

@@ -6,6 +6,7 @@
 // linear with bias adds the bias in the GEMM's f32 epilogue). acc, out: [rows, cols]; bias: [cols].
 extern "C" __global__ void bias_add_bf16(bf16 *__restrict__ out, const float *__restrict__ acc,
                                          const float *__restrict__ bias, int rows, int cols) {
+    pdl_enter();
     const size_t total = (size_t)rows * cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x)
@@ -15,6 +16,7 @@ extern "C" __global__ void bias_add_bf16(bf16 *__restrict__ out, const float *__
 // residual = bf16(residual + x) over n elements (HF's `residual + proj(x)` in bf16).
 extern "C" __global__ void residual_add_bf16(bf16 *__restrict__ residual, const bf16 *__restrict__ x,
                                              long long n) {
+    pdl_enter();
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         residual[i] = __float2bfloat16(__bfloat162float(residual[i]) + __bfloat162float(x[i]));

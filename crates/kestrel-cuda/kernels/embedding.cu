@@ -6,6 +6,7 @@
 extern "C" __global__ void embedding_bf16(bf16 *__restrict__ out, const bf16 *__restrict__ table,
                                           const unsigned *__restrict__ ids, int hidden,
                                           unsigned vocab) {
+    pdl_enter();
     const unsigned id = ids[blockIdx.x];
     uint4 *dst = reinterpret_cast<uint4 *>(out + (size_t)blockIdx.x * hidden);
     const int chunks = hidden / 8;
@@ -24,6 +25,7 @@ extern "C" __global__ void embedding_bf16(bf16 *__restrict__ out, const bf16 *__
 extern "C" __global__ void embedding_f32(bf16 *__restrict__ out, const float *__restrict__ table,
                                          const unsigned *__restrict__ ids, int hidden,
                                          unsigned vocab) {
+    pdl_enter();
     const unsigned id = ids[blockIdx.x];
     uint4 *dst = reinterpret_cast<uint4 *>(out + (size_t)blockIdx.x * hidden);
     const int chunks = hidden / 8;

@@ -23,6 +23,7 @@ extern "C" __global__ void qk_norm_rope_kv_bf16(
     const unsigned *__restrict__ slot_mapping, const float *__restrict__ inv_freq,
     const float *__restrict__ q_norm, const float *__restrict__ k_norm, float eps, int num_tokens,
     int num_heads, int num_kv_heads, int head_dim, unsigned num_slots) {
+    pdl_enter();
     const int lane = threadIdx.x & 31;
     const int heads = num_heads + num_kv_heads;
     const long long job = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -38,46 +39,64 @@ extern "C" __global__ void qk_norm_rope_kv_bf16(
     const bool store = !is_q && slot < num_slots;
     if (!is_q && !store) return;  // a padding token: nothing to write for its k/v heads
 
-    float a[MAX_PAIRS_PER_LANE], b[MAX_PAIRS_PER_LANE];
+    // Every load this warp needs is issued up front, so the chain is one memory round trip, not five
+    // (decode runs this kernel at a few dozen warps: latency is all it costs).
+    const float *norm = is_q ? q_norm : k_norm;
+    const float pos = (float)positions[t];
+    float a[MAX_PAIRS_PER_LANE], b[MAX_PAIRS_PER_LANE], wa[MAX_PAIRS_PER_LANE],
+        wb[MAX_PAIRS_PER_LANE], freq[MAX_PAIRS_PER_LANE];
     float sum_sq = 0.0f;
 #pragma unroll
     for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
-        if (lane + 32 * j < half) {
-            a[j] = __bfloat162float(src[lane + 32 * j]);
-            b[j] = __bfloat162float(src[lane + 32 * j + half]);
-            sum_sq += a[j] * a[j] + b[j] * b[j];
+        const int i = lane + 32 * j;
+        if (i < half) {
+            a[j] = __bfloat162float(src[i]);
+            b[j] = __bfloat162float(src[i + half]);
+            freq[j] = inv_freq[i];
+            if (norm != nullptr) {
+                wa[j] = norm[i];
+                wb[j] = norm[i + half];
+            }
         }
     }
-    const float *norm = is_q ? q_norm : k_norm;
+    float v_vals[MAX_PAIRS_PER_LANE * 2];
+    const int kv_head = h - num_heads;
+    if (!is_q) {
+        const bf16 *v_src = row + (size_t)num_heads * head_dim + kv_dim + (size_t)kv_head * head_dim;
+#pragma unroll
+        for (int j = 0; j < 2 * MAX_PAIRS_PER_LANE; ++j)
+            if (lane + 32 * j < head_dim) v_vals[j] = __bfloat162float(v_src[lane + 32 * j]);
+    }
+#pragma unroll
+    for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j)
+        if (lane + 32 * j < half) sum_sq += a[j] * a[j] + b[j] * b[j];
     if (norm != nullptr) {
         const float inv = rsqrtf(warp_sum(sum_sq) / (float)head_dim + eps);
 #pragma unroll
         for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
             if (lane + 32 * j < half) {
-                const int i = lane + 32 * j;
-                a[j] = round_bf16(norm[i] * round_bf16(a[j] * inv));
-                b[j] = round_bf16(norm[i + half] * round_bf16(b[j] * inv));
+                a[j] = round_bf16(wa[j] * round_bf16(a[j] * inv));
+                b[j] = round_bf16(wb[j] * round_bf16(b[j] * inv));
             }
         }
     }
 
-    const float pos = (float)positions[t];
     bf16 *dst = is_q ? q_out + (size_t)t * num_heads * head_dim + (size_t)h * head_dim
-                     : k_cache + (size_t)slot * kv_dim + (size_t)(h - num_heads) * head_dim;
+                     : k_cache + (size_t)slot * kv_dim + (size_t)kv_head * head_dim;
 #pragma unroll
     for (int j = 0; j < MAX_PAIRS_PER_LANE; ++j) {
         if (lane + 32 * j < half) {
             const int i = lane + 32 * j;
             float s, c;
-            sincosf(pos * inv_freq[i], &s, &c);
+            sincosf(pos * freq[j], &s, &c);
             dst[i] = __float2bfloat16(a[j] * c - b[j] * s);
             dst[i + half] = __float2bfloat16(b[j] * c + a[j] * s);
         }
     }
     if (!is_q) {
-        const int kv_head = h - num_heads;
-        const bf16 *v_src = row + (size_t)num_heads * head_dim + kv_dim + (size_t)kv_head * head_dim;
         bf16 *v_dst = v_cache + (size_t)slot * kv_dim + (size_t)kv_head * head_dim;
-        for (int i = lane; i < head_dim; i += 32) v_dst[i] = v_src[i];
+#pragma unroll
+        for (int j = 0; j < 2 * MAX_PAIRS_PER_LANE; ++j)
+            if (lane + 32 * j < head_dim) v_dst[lane + 32 * j] = __float2bfloat16(v_vals[j]);
     }
 }

@@ -24,6 +24,7 @@ __device__ __forceinline__ void normalize_row(bf16 *__restrict__ out, const bf16
 
 extern "C" __global__ void rms_norm_bf16(bf16 *__restrict__ out, const bf16 *__restrict__ x,
                                          const float *__restrict__ weight, float eps, int hidden) {
+    pdl_enter();
     const bf16 *row = x + (size_t)blockIdx.x * hidden;
     const uint4 *s = reinterpret_cast<const uint4 *>(row);
     float sum_sq = 0.0f;
@@ -42,6 +43,7 @@ extern "C" __global__ void add_rms_norm_bf16(bf16 *__restrict__ out, bf16 *__res
                                              const bf16 *__restrict__ x,
                                              const float *__restrict__ weight, float eps,
                                              int hidden) {
+    pdl_enter();
     bf16 *res_row = residual + (size_t)blockIdx.x * hidden;
     uint4 *r = reinterpret_cast<uint4 *>(res_row);
     const uint4 *s = reinterpret_cast<const uint4 *>(x + (size_t)blockIdx.x * hidden);

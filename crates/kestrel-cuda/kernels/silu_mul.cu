@@ -6,6 +6,7 @@
 
 extern "C" __global__ void silu_mul_bf16(bf16 *__restrict__ out, const bf16 *__restrict__ gate_up,
                                          int num_tokens, int inter) {
+    pdl_enter();
     const int chunks_per_row = inter / 8;
     const size_t total = (size_t)num_tokens * chunks_per_row;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;

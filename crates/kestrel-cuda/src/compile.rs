@@ -43,6 +43,7 @@ pub const RMS_NORM: Kernel = kernel!("rms_norm.cu");
 pub const QK_NORM_ROPE_KV: Kernel = kernel!("qk_norm_rope_kv.cu");
 pub const SILU_MUL: Kernel = kernel!("silu_mul.cu");
 pub const GEMV_BF16: Kernel = kernel!("gemv_bf16.cu");
+pub const GEMV_TILED: Kernel = kernel!("gemv_tiled.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
 pub const ARGMAX: Kernel = kernel!("argmax.cu");
@@ -55,6 +56,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     QK_NORM_ROPE_KV,
     SILU_MUL,
     GEMV_BF16,
+    GEMV_TILED,
     ARGMAX,
     ELEMENTWISE,
     ATTENTION_DECODE,

@@ -11,7 +11,7 @@
 //!   events recorded outside a CUDA graph capture would break the capture.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
@@ -33,6 +33,10 @@ pub struct CudaDevice {
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     /// Kernels launched (or captured into a graph) on this device so far.
     launches: AtomicUsize,
+    /// Whether kernels launch with programmatic dependent launch now (see `ops::launch_pdl`).
+    pdl: AtomicBool,
+    /// Whether they may: Hopper or later, and not turned off by `KESTREL_PDL=0`.
+    pdl_allowed: bool,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -110,6 +114,9 @@ impl CudaDevice {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             launches: AtomicUsize::new(0),
+            pdl: AtomicBool::new(false),
+            // Hopper and later; `KESTREL_PDL=0` turns it off (to measure what it brings)
+            pdl_allowed: major >= 9 && std::env::var("KESTREL_PDL").map_or(true, |v| v != "0"),
         }))
     }
 
@@ -142,6 +149,16 @@ impl CudaDevice {
     }
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+    /// Whether kernels launch with programmatic dependent launch now (off until [`Self::set_pdl`]).
+    pub fn pdl(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
+    }
+    /// Turns programmatic dependent launch on or off for later launches: on only on sm_90+ and
+    /// unless `KESTREL_PDL=0`. It pays where kernels are short (decode); it slowed prefill (measured),
+    /// whose big kernels lose SM slots to the next kernel's early-launched, waiting blocks.
+    pub fn set_pdl(&self, on: bool) {
+        self.pdl.store(on && self.pdl_allowed, Ordering::Relaxed);
     }
     /// Kernels launched (or captured) so far: the launch wrappers and cuBLAS calls count themselves.
     pub fn launches(&self) -> usize {

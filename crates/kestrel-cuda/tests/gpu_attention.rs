@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::attention::{
-    attention_workspace_len, paged_attention, AttnBatch, AttnShape,
+    attention_counters_len, attention_workspace_len, paged_attention, AttnBatch, AttnShape,
 };
 use kestrel_cuda::{Bf16, CudaDevice, CudaError};
 
@@ -205,6 +205,9 @@ impl Batch {
         };
         let ws_len = attention_workspace_len(&self.shape, self.seqs.len(), max_partitions);
         let mut ws = upload(dev, &vec![f32::NAN; ws_len.max(1)]);
+        // the partition counters start at zero, and every launch must leave them so
+        let n_counters = attention_counters_len(&self.shape, self.seqs.len()).max(1);
+        let mut counters = upload(dev, &vec![0u32; n_counters]);
         // q and out are views of buffers one NaN longer, so a read or write past them shows
         let mut q_buf = to_bf16(&self.q);
         q_buf.push(Bf16::NAN);
@@ -219,6 +222,7 @@ impl Batch {
             &upload(dev, &to_bf16(&self.k)),
             &upload(dev, &to_bf16(&self.v)),
             &mut ws,
+            &mut counters,
             &mut out.slice_mut(..n),
         )?;
         let tail = to_f32(&dev.stream().clone_dtoh(&out.slice(n..)).unwrap());
@@ -227,6 +231,11 @@ impl Batch {
             "paged_attention wrote past the end of out"
         );
         dev.synchronize()?;
+        let counters_after = dev.stream().clone_dtoh(&counters).unwrap();
+        assert!(
+            counters_after.iter().all(|&c| c == 0),
+            "paged_attention left a partition counter non-zero: {counters_after:?}"
+        );
         Ok(to_f32(&dev.stream().clone_dtoh(&out.slice(..n)).unwrap()))
     }
 }
@@ -450,11 +459,24 @@ fn launch_with(
     let n = batch.num_tokens * 4 * 64;
     let ws_len = attention_workspace_len(&b.shape, b.seqs.len(), partitions);
     let mut ws = upload(dev, &vec![0f32; (ws_len - ws_short).max(1)]);
+    let mut counters = upload(
+        dev,
+        &vec![0u32; attention_counters_len(&b.shape, b.seqs.len())],
+    );
     let mut out = upload(dev, &vec![Bf16::NAN; n]);
     let q = upload(dev, &to_bf16(&b.q));
     let (k, v) = (upload(dev, &to_bf16(&b.k)), upload(dev, &to_bf16(&b.v)));
     paged_attention(
-        dev, &b.shape, &batch, partitions, &q, &k, &v, &mut ws, &mut out,
+        dev,
+        &b.shape,
+        &batch,
+        partitions,
+        &q,
+        &k,
+        &v,
+        &mut ws,
+        &mut counters,
+        &mut out,
     )?;
     dev.synchronize()
 }

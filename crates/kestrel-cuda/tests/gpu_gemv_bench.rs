@@ -7,7 +7,7 @@
 use kestrel_cuda::bandwidth::measure_copy_bandwidth;
 use kestrel_cuda::cudarc::driver::sys::CUevent_flags;
 use kestrel_cuda::cudarc::driver::CudaSlice;
-use kestrel_cuda::ops::gemv::{auto_k_split, gemv_bf16_with, Accumulate, GemvKernel};
+use kestrel_cuda::ops::gemv::{gemv_bf16_with, Accumulate, GemvKernel};
 use kestrel_cuda::{Bf16, CudaDevice};
 
 const ITERS: usize = 100;
@@ -111,15 +111,12 @@ fn gemv_bandwidth_on_qwen3_shapes() {
                 .unwrap();
             let mut y = dev.stream().alloc_zeros::<Bf16>(tokens * n).unwrap();
             let bytes = (bytes_w + 2 * tokens * (k + n)) as f64;
-            let auto = auto_k_split(n, k);
-            let mut kernels = vec![GemvKernel::WarpRows];
+            let mut kernels = vec![GemvKernel::WarpRows, GemvKernel::Auto];
             kernels.extend([1, 2, 4, 8].map(|k_split| GemvKernel::Tiled { k_split }));
             for kernel in kernels {
                 let s = time(&dev, &ws, &x, &mut y, k, mode, kernel);
                 let label = match kernel {
-                    GemvKernel::Tiled { k_split } if k_split == auto => {
-                        format!("tiled ks{k_split} *")
-                    }
+                    GemvKernel::Auto => "tiled auto *".to_string(),
                     GemvKernel::Tiled { k_split } => format!("tiled ks{k_split}"),
                     _ => "warp-rows (old)".to_string(),
                 };
@@ -132,7 +129,7 @@ fn gemv_bandwidth_on_qwen3_shapes() {
                 let key = format!("{model} {tokens} tok");
                 let (old, new) = match kernel {
                     GemvKernel::WarpRows => (s, 0.0),
-                    GemvKernel::Tiled { k_split } if k_split == auto => (0.0, s),
+                    GemvKernel::Auto => (0.0, s),
                     _ => (0.0, 0.0),
                 };
                 match totals.iter_mut().find(|t| t.0 == key) {

@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::embedding::embedding;
-use kestrel_cuda::ops::gemv::{gemv_bf16, gemv_bf16_with, Accumulate, GemvKernel};
+use kestrel_cuda::ops::gemv::{
+    gemv_bf16, gemv_bf16_fused, gemv_bf16_with, Accumulate, GemvKernel, GemvNorm,
+};
 use kestrel_cuda::ops::norm::{add_rms_norm, rms_norm};
 use kestrel_cuda::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 use kestrel_cuda::ops::silu_mul::silu_mul;
@@ -410,14 +412,15 @@ fn check_gemv(
                 Accumulate::Overwrite => (round_bf16(v), 0.0),
                 // bf16(v) may round the other way before the add, moving the sum by an ulp of v
                 Accumulate::AddToOutput => (round_bf16(y0[t * n + r] + round_bf16(v)), bf16_ulp(v)),
+                Accumulate::SwiGlu => unreachable!("check_fused_gemv covers SwiGLU"),
             };
             want.push(out);
             tol.push(2.0 * bf16_ulp(out) + inner_flip + 2.0 * acc_err);
         }
     }
     let mut y = match mode {
-        Accumulate::Overwrite => poisoned(dev, tokens * n),
         Accumulate::AddToOutput => upload_bf16(dev, &y0),
+        _ => poisoned(dev, tokens * n),
     };
     let d_bias = upload(dev, &bias);
     let bias_arg =
@@ -436,6 +439,123 @@ fn check_gemv(
     let what = format!("gemv in {k} out {n} tokens {tokens} bias {with_bias} {mode:?} {kernel:?}");
     // tiny outputs: a single flipped rounding is a large fraction
     let min_exact = if tokens * n < 100 { 0.5 } else { 0.9 };
+    assert_close(&what, &download(dev, &y), &want, min_exact, |i, _| tol[i]);
+}
+
+#[test]
+fn fused_norm_and_swiglu_gemv_match_the_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new("gemv_fused");
+    // (in, weight rows, tokens, norm, mode): Qwen3-0.6B / 4B qkv and gate_up with their input norms,
+    // o_proj-like adds after a norm, SwiGLU without a norm, and ragged tails
+    let cases = [
+        (1024, 4096, 1, true, Accumulate::Overwrite),
+        (1024, 6144, 1, true, Accumulate::SwiGlu),
+        (2560, 6144, 3, true, Accumulate::Overwrite),
+        (2560, 19_456, 2, true, Accumulate::SwiGlu),
+        (1024, 151_936, 1, true, Accumulate::Overwrite),
+        (2048, 1024, 4, true, Accumulate::AddToOutput),
+        (1024, 6144, 8, false, Accumulate::SwiGlu),
+        (2560, 6144, 8, true, Accumulate::SwiGlu),
+        (264, 26, 5, true, Accumulate::SwiGlu),
+        (8, 6, 7, true, Accumulate::Overwrite),
+        (1216, 74, 6, false, Accumulate::SwiGlu),
+    ];
+    for (k, n, tokens, norm, mode) in cases {
+        check_fused_gemv(dev, &mut rng, (k, n, tokens), norm, mode);
+    }
+}
+
+/// One fused GEMV against the CPU reference: HF's bf16 RMSNorm (with Qwen3-like gains, some large),
+/// then f64 dot products, then the epilogue with HF's rounding.
+fn check_fused_gemv(
+    dev: &CudaDevice,
+    rng: &mut Rng,
+    (k, n, tokens): (usize, usize, usize),
+    with_norm: bool,
+    mode: Accumulate,
+) {
+    let eps = 1e-6;
+    let x = rng.activations(tokens * k, 1.0);
+    let nw: Vec<f32> = (0..k)
+        .map(|i| round_bf16((if i % 97 == 0 { 20.0 } else { 1.0 }) * (1.0 + 0.3 * rng.normal())))
+        .collect();
+    let w = rng.activations(n * k, 0.02);
+    let y0 = rng.activations(tokens * n, 1.0);
+    let xin = if with_norm {
+        ref_rms_norm(&x, &nw, eps)
+    } else {
+        x.clone()
+    };
+    // A norm computed with f32 sums in another order may round an input the other way: allow one
+    // flipped input element of the largest size per dot product.
+    let flip = if with_norm {
+        let xmax = xin.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let wmax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        wmax * bf16_ulp(xmax)
+    } else {
+        0.0
+    };
+    // (bf16 value, its tolerance) of each (token, weight row) dot product
+    let dot = |t: usize, r: usize| -> (f32, f32) {
+        let (xr, wr) = (&xin[t * k..][..k], &w[r * k..][..k]);
+        let d: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let abs: f64 = xr
+            .iter()
+            .zip(wr)
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum();
+        let v = d as f32;
+        (v, (abs * 2f64.powi(-20)) as f32 + flip)
+    };
+    let rows = if mode == Accumulate::SwiGlu { n / 2 } else { n };
+    let (mut want, mut tol) = (Vec::new(), Vec::new());
+    for t in 0..tokens {
+        for r in 0..rows {
+            let (out, err) = match mode {
+                Accumulate::Overwrite => {
+                    let (v, e) = dot(t, r);
+                    (round_bf16(v), 2.0 * e)
+                }
+                Accumulate::AddToOutput => {
+                    let (v, e) = dot(t, r);
+                    (
+                        round_bf16(y0[t * n + r] + round_bf16(v)),
+                        bf16_ulp(v) + 2.0 * e,
+                    )
+                }
+                Accumulate::SwiGlu => {
+                    let ((g, eg), (u, eu)) = (dot(t, r), dot(t, rows + r));
+                    let (g, u) = (round_bf16(g), round_bf16(u));
+                    let s = round_bf16(g / (1.0 + (-g).exp()));
+                    // silu' <= 1.1; each input may also round the other way
+                    let err = 1.1 * u.abs() * (eg + bf16_ulp(g)) + s.abs() * (eu + bf16_ulp(u));
+                    (round_bf16(s * u), err + bf16_ulp(s) * u.abs())
+                }
+            };
+            want.push(out);
+            tol.push(2.0 * bf16_ulp(out) + err);
+        }
+    }
+    let mut y = match mode {
+        Accumulate::AddToOutput => upload_bf16(dev, &y0),
+        _ => poisoned(dev, tokens * rows),
+    };
+    let d_nw = upload(dev, &nw);
+    let norm = with_norm.then_some(GemvNorm { weight: &d_nw, eps });
+    gemv_bf16_fused(
+        dev,
+        &upload_bf16(dev, &x),
+        norm,
+        &upload_bf16(dev, &w),
+        None,
+        k,
+        &mut y,
+        mode,
+    )
+    .unwrap();
+    let what = format!("fused gemv in {k} rows {n} tokens {tokens} norm {with_norm} {mode:?}");
+    let min_exact = if tokens * rows < 100 { 0.5 } else { 0.9 };
     assert_close(&what, &download(dev, &y), &want, min_exact, |i, _| tol[i]);
 }
 

@@ -3,10 +3,13 @@
 use kestrel::backend::AttnParams;
 use kestrel::{KestrelError, Result};
 
+use super::graphs::AttnScratch;
 use super::metadata::CudaMetadata;
 use super::tensor::{CudaKvCache, CudaTensor, CudaVector};
 use super::{be, CudaBackend};
-use crate::ops::attention::{attention_workspace_len, paged_attention, AttnBatch, AttnShape};
+use crate::ops::attention::{
+    attention_counters_len, attention_workspace_len, paged_attention, AttnBatch, AttnShape,
+};
 use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 
 /// Partitions at most.
@@ -112,6 +115,7 @@ impl CudaBackend {
         };
         let max_partitions = decode_partitions(meta, p.num_kv_heads);
         let need = attention_workspace_len(&shape, meta.num_seqs, max_partitions).max(1);
+        let need_counters = attention_counters_len(&shape, meta.num_seqs).max(1);
         // A decode step of a graph has its own scratch at a fixed address, sized by its eager run.
         let staged = self.staged();
         let mut ws = match &staged {
@@ -119,16 +123,28 @@ impl CudaBackend {
             None => self.attn_workspace.lock(),
         }
         .unwrap_or_else(|e| e.into_inner());
-        if ws.as_ref().is_none_or(|w| w.len() < need) {
+        let too_small =
+            |w: &AttnScratch| w.partials.len() < need || w.counters.len() < need_counters;
+        if ws.as_ref().is_none_or(too_small) {
             if staged.as_ref().is_some_and(|st| st.capturing) {
                 return Err(KestrelError::Backend(
                     "attention workspace too small inside a graph capture".into(),
                 ));
             }
             *ws = None; // free the old scratch before allocating the larger one
-            *ws = Some(self.alloc::<f32>(need.next_power_of_two())?);
+            let partials = self.alloc::<f32>(need.next_power_of_two())?;
+            // zeroed: the decode kernel's partition counters start at zero (and stay so)
+            let len = need_counters.next_power_of_two();
+            let counters = self
+                .device()
+                .stream()
+                .alloc_zeros::<u32>(len)
+                .map_err(|e| {
+                    KestrelError::Backend(format!("allocating {len} attention counters: {e}"))
+                })?;
+            *ws = Some(AttnScratch { partials, counters });
         }
-        let workspace = ws.as_mut().expect("allocated above");
+        let scratch = ws.as_mut().expect("allocated above");
         let mut out = self.tensor(q.rows, q.cols)?;
         paged_attention(
             self.device(),
@@ -138,7 +154,8 @@ impl CudaBackend {
             &q.data,
             &cache.k[layer],
             &cache.v[layer],
-            workspace,
+            &mut scratch.partials,
+            &mut scratch.counters,
             &mut out.data,
         )
         .map_err(be)?;

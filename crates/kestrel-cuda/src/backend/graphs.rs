@@ -43,8 +43,16 @@ pub fn decode_bucket(n: usize) -> usize {
     n.max(1).next_power_of_two()
 }
 
+/// The decode attention's scratch: per-partition partial results, and the partition counters that
+/// elect the CTA merging them. The counters are zero between launches (the kernel resets them), so
+/// they live in a buffer of their own: a scratch laid out for another shape never leaves data there.
+pub(crate) struct AttnScratch {
+    pub partials: CudaSlice<f32>,
+    pub counters: CudaSlice<u32>,
+}
+
 /// The attention scratch of one decode shape, sized by its first (eager) step.
-pub(crate) type Workspace = Arc<Mutex<Option<CudaSlice<f32>>>>;
+pub(crate) type Workspace = Arc<Mutex<Option<AttnScratch>>>;
 
 /// What the ops of a running decode step read instead of host inputs.
 #[derive(Clone)]

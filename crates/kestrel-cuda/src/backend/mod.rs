@@ -49,8 +49,8 @@ pub struct CudaBackend {
     /// Created on the first prefill-sized matmul (decode alone never needs libcublas).
     blas: Mutex<Option<CudaBlas>>,
     meta_pool: metadata::MetaPool,
-    /// The attention kernels' f32 scratch, grown as needed.
-    attn_workspace: Mutex<Option<CudaSlice<f32>>>,
+    /// The attention kernels' scratch, grown as needed.
+    attn_workspace: Mutex<Option<graphs::AttnScratch>>,
     /// RoPE inverse frequencies per (head_dim, theta bits).
     inv_freq: Mutex<HashMap<(usize, u32), CudaSlice<f32>>>,
     /// Decode steps replay CUDA graphs (else they run eagerly, padded the same way).

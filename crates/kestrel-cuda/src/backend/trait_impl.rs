@@ -7,6 +7,7 @@ use kestrel::formats::HostTensor;
 use kestrel::{KestrelError, Result};
 
 use super::graphs::MAX_GRAPH_BATCH;
+use super::linear::GEMV_MAX_TOKENS;
 use super::metadata::CudaMetadata;
 use super::tensor::{
     matrix_to_bf16, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector,
@@ -115,6 +116,9 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_metadata(&self, meta: &AttnMetadata) -> Result<CudaMetadata> {
+        // programmatic dependent launch for decode-sized steps only (see CudaDevice::set_pdl)
+        let tokens: usize = meta.seqs.iter().map(|s| s.query_len).sum();
+        self.device().set_pdl(tokens <= GEMV_MAX_TOKENS);
         match self.staged() {
             // A decode step's padded metadata is already on the device (graphs::decode_step).
             Some(st) => {
@@ -198,6 +202,29 @@ impl Backend for CudaBackend {
 
     fn gate_up_silu(&self, x: &CudaTensor, gate_up: &CudaMatrix) -> Result<CudaTensor> {
         self.gate_up_silu_impl(x, gate_up)
+    }
+
+    fn rms_norm_matmul(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaVector,
+        eps: f32,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+    ) -> Result<CudaTensor> {
+        check("rms_norm weight", norm.len(), x.cols)?;
+        self.norm_linear(x, norm, eps, w, bias)
+    }
+
+    fn rms_norm_gate_up_silu(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaVector,
+        eps: f32,
+        gate_up: &CudaMatrix,
+    ) -> Result<CudaTensor> {
+        check("rms_norm weight", norm.len(), x.cols)?;
+        self.norm_gate_up_silu(x, norm, eps, gate_up)
     }
 
     fn qk_norm_rope_store_kv(

@@ -33,6 +33,10 @@ pub fn argmax(
     let s = dev.stream();
     let (l, _gl) = logits.device_ptr(s);
     let (o, _go) = out.device_ptr_mut(s);
+    if cols.is_multiple_of(8) {
+        // the kernel's 16-byte loads
+        super::expect_aligned16(OP, "logits", l)?;
+    }
     let cfg = LaunchConfig {
         grid_dim: (to_i32(OP, "rows", rows)? as u32, 1, 1),
         block_dim: (cols.next_power_of_two().clamp(32, 1024) as u32, 1, 1),

@@ -1,5 +1,6 @@
 //! Causal grouped-query attention over the paged KV cache: flash-decoding (split-K over the context,
-//! then a reduce) when every sequence decodes one token, flash-attention tiles otherwise.
+//! merged in the kernel by the last partition to finish) when every sequence decodes one token,
+//! flash-attention tiles otherwise.
 //!
 //! Invariants:
 //! - The decode launches' grids depend only on `num_seqs`, the shape and `max_partitions`, never on
@@ -68,6 +69,13 @@ pub fn attention_workspace_len(shape: &AttnShape, num_seqs: usize, max_partition
     num_seqs * shape.num_heads * max_partitions * (shape.head_dim + 2)
 }
 
+/// u32 counters the decode path needs for `num_seqs` sequences: one per (sequence, head group) counts
+/// its finished partitions. They must be zero before the first launch (allocate them zeroed, and use
+/// the buffer for nothing else); every launch leaves them zero.
+pub fn attention_counters_len(shape: &AttnShape, num_seqs: usize) -> usize {
+    num_seqs * shape.num_heads
+}
+
 /// Bytes of dynamic shared memory of the prefill kernel: Q, K, V tiles (bf16, rows padded by 8) and
 /// the probabilities (f32, rows padded by 16).
 fn prefill_smem_bytes(head_dim: usize) -> usize {
@@ -83,7 +91,8 @@ fn decode_heads_per_cta(group: usize) -> usize {
 /// paged caches `k_cache`, `v_cache` `[num_slots, num_kv_heads * head_dim]` (key `pos` of sequence
 /// `s` at slot `block_tables[s][pos / block_size] * block_size + pos % block_size`), into `out`
 /// (same shape as `q`). The decode path (`max_query_len == 1`) uses `workspace`, which must hold at
-/// least [`attention_workspace_len`]`(shape, num_seqs, max_partitions)` elements; `max_partitions`
+/// least [`attention_workspace_len`]`(shape, num_seqs, max_partitions)` elements, and `counters`
+/// ([`attention_counters_len`], zero at rest); `max_partitions`
 /// (1 ..= 65535) bounds its split of each context. The prefill path ignores both.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention<U: DevicePtr<u32>>(
@@ -95,6 +104,7 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     k_cache: &impl DevicePtr<Bf16>,
     v_cache: &impl DevicePtr<Bf16>,
     workspace: &mut impl DevicePtrMut<f32>,
+    counters: &mut impl DevicePtrMut<u32>,
     out: &mut impl DevicePtrMut<Bf16>,
 ) -> Result<()> {
     const OP: &str = "paged_attention";
@@ -185,6 +195,16 @@ pub fn paged_attention<U: DevicePtr<u32>>(
                 format!("workspace has {} elements, decode needs at least {want} ({num_seqs} sequences, {max_partitions} partitions)", workspace.len()),
             ));
         }
+        let want = attention_counters_len(shape, num_seqs);
+        if counters.len() < want {
+            return Err(shape_error(
+                OP,
+                format!(
+                    "counters has {} elements, decode needs at least {want}",
+                    counters.len()
+                ),
+            ));
+        }
     }
     if num_seqs == 0 || num_tokens == 0 {
         return Ok(());
@@ -264,6 +284,7 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     let (wp, _gw) = workspace.device_ptr_mut(s);
     let ml = wp;
     let acc = wp + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
+    let (done, _gd) = counters.device_ptr_mut(s);
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
     let cfg = LaunchConfig {
         grid_dim: (
@@ -279,6 +300,7 @@ pub fn paged_attention<U: DevicePtr<u32>>(
         Arg::Ptr(op),
         Arg::Ptr(ml),
         Arg::Ptr(acc),
+        Arg::Ptr(done),
         Arg::Ptr(qp),
         Arg::Ptr(kp),
         Arg::Ptr(vp),
@@ -293,29 +315,7 @@ pub fn paged_attention<U: DevicePtr<u32>>(
         mp,
         Arg::F32(scale),
     ];
-    launch(dev, &ATTENTION_DECODE, name, cfg, &args)?;
-    let cfg = LaunchConfig {
-        grid_dim: (num_heads as u32, num_seqs as u32, 1),
-        block_dim: (head_dim.div_ceil(32) as u32 * 32, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let args = [
-        Arg::Ptr(op),
-        Arg::Ptr(ml),
-        Arg::Ptr(acc),
-        Arg::Ptr(cu),
-        Arg::Ptr(ctx),
-        nh,
-        hd,
-        mp,
-    ];
-    launch(
-        dev,
-        &ATTENTION_DECODE,
-        "attention_decode_reduce",
-        cfg,
-        &args,
-    )
+    launch(dev, &ATTENTION_DECODE, name, cfg, &args)
 }
 
 /// The head dimensions with a prefill kernel instance, `attention_prefill_d{head_dim}` (each instance
@@ -378,5 +378,6 @@ mod tests {
             max_blocks_per_seq: 4,
         };
         assert_eq!(attention_workspace_len(&shape, 3, 5), 3 * 16 * 5 * 130);
+        assert_eq!(attention_counters_len(&shape, 3), 3 * 16);
     }
 }

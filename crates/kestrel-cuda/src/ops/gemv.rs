@@ -4,7 +4,7 @@ use crate::dtype::Bf16;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::{expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
-use crate::compile::GEMV_BF16;
+use crate::compile::{GEMV_BF16, GEMV_TILED};
 use crate::{CudaDevice, Result};
 
 /// Rows per warp and warps per block of `gemv_bf16`; must match `ROWS` in kernels/gemv_bf16.cu.
@@ -28,6 +28,19 @@ const TILED_NAMES: [&str; TILED_MAX_TOKENS] = [
     "gemv_bf16_t7",
     "gemv_bf16_t8",
 ];
+const TILED_NORM_NAMES: [&str; TILED_MAX_TOKENS] = [
+    "gemv_bf16_t1_norm",
+    "gemv_bf16_t2_norm",
+    "gemv_bf16_t3_norm",
+    "gemv_bf16_t4_norm",
+    "gemv_bf16_t5_norm",
+    "gemv_bf16_t6_norm",
+    "gemv_bf16_t7_norm",
+    "gemv_bf16_t8_norm",
+];
+/// Shared memory a block may use without opting in: the fused norm stages `tokens x in_features`
+/// bf16 there, so wider inputs take the unfused path (see [`fused_norm_fits`]).
+const NORM_SMEM_LIMIT: usize = 48 * 1024;
 /// Blocks wanted per launch (about 4 per SM of a 132-SM H100/H200) before K is split further.
 const TARGET_BLOCKS: usize = 512;
 /// A K-slice of fewer 16-byte chunks than this (2 per lane) is not worth a warp.
@@ -46,19 +59,27 @@ pub enum GemvKernel {
     Tiled { k_split: usize },
 }
 
-/// The K-split of the tiled kernel for a `[out_features, in_features]` weight: the smallest that
-/// gives [`TARGET_BLOCKS`] blocks, unless that would make K-slices thinner than 64 chunks.
-pub fn auto_k_split(out_features: usize, in_features: usize) -> usize {
+/// The K-split of the tiled kernel for a `[weight_rows, in_features]` weight: the smallest that gives
+/// [`TARGET_BLOCKS`] blocks, unless that would make K-slices thinner than 64 chunks. (Measured on
+/// H200: persistent blocks sized by occupancy, one wave, lost to this by 1.5x: many small blocks
+/// hide latency better.)
+pub fn auto_k_split(weight_rows: usize, in_features: usize) -> usize {
     let chunks = in_features / 8;
     let mut ks = 1;
     while ks < TILED_WARPS {
-        let blocks = out_features.div_ceil(TILED_ROWS * TILED_WARPS / ks);
+        let blocks = weight_rows.div_ceil(TILED_ROWS * TILED_WARPS / ks);
         if blocks >= TARGET_BLOCKS || chunks.div_ceil(2 * ks) < MIN_SLICE_CHUNKS {
             break;
         }
         ks *= 2;
     }
     ks
+}
+
+/// Whether unfused one-token GEMVs take the warp-rows kernel (`KESTREL_GEMV_T1=warp`, to measure).
+fn warp_rows_for_one_token() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KESTREL_GEMV_T1").is_ok_and(|v| v == "warp"))
 }
 
 /// What to do with the existing contents of `y`.
@@ -68,6 +89,32 @@ pub enum Accumulate {
     Overwrite,
     /// `y = bf16(y + bf16(x W^T + bias))`: o_proj / down_proj with the residual add fused in.
     AddToOutput,
+    /// SwiGLU over a merged `[gate; up]` weight of `2 * inter` rows: `y [tokens, inter] =
+    /// bf16(bf16(silu(bf16(x gate^T))) * bf16(x up^T))`, HF's bf16 MLP rounding. Tiled kernel only.
+    SwiGlu,
+}
+
+impl Accumulate {
+    fn kernel_mode(self) -> i32 {
+        match self {
+            Accumulate::Overwrite => 0,
+            Accumulate::AddToOutput => 1,
+            Accumulate::SwiGlu => 2,
+        }
+    }
+}
+
+/// The RMSNorm fused in front of a GEMV: `x` is then the residual stream and the kernel multiplies
+/// `rms_norm(x) * weight` (HF's rounding, as kernels/rms_norm.cu) with the weight.
+#[derive(Clone, Copy)]
+pub struct GemvNorm<'a> {
+    pub weight: &'a dyn DevicePtr<f32>,
+    pub eps: f32,
+}
+
+/// Whether the fused norm's staging of `tokens x in_features` bf16 fits a block's shared memory.
+pub fn fused_norm_fits(tokens: usize, in_features: usize) -> bool {
+    (1..=TILED_MAX_TOKENS).contains(&tokens) && tokens * in_features * 2 <= NORM_SMEM_LIMIT
 }
 
 /// `y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n])` with `w` `[out_features, in_features]` (HF's
@@ -96,6 +143,47 @@ pub fn gemv_bf16_with(
     mode: Accumulate,
     kernel: GemvKernel,
 ) -> Result<()> {
+    gemv_impl(dev, x, None, w, bias, in_features, y, mode, kernel)
+}
+
+/// [`gemv_bf16`] with an RMSNorm of `x` in front (`norm`) and/or the SwiGLU epilogue
+/// ([`Accumulate::SwiGlu`]): one launch of the tiled kernel (1..=8 tokens).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_bf16_fused(
+    dev: &CudaDevice,
+    x: &impl DevicePtr<Bf16>,
+    norm: Option<GemvNorm<'_>>,
+    w: &impl DevicePtr<Bf16>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    in_features: usize,
+    y: &mut impl DevicePtrMut<Bf16>,
+    mode: Accumulate,
+) -> Result<()> {
+    gemv_impl(
+        dev,
+        x,
+        norm,
+        w,
+        bias,
+        in_features,
+        y,
+        mode,
+        GemvKernel::Auto,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemv_impl(
+    dev: &CudaDevice,
+    x: &impl DevicePtr<Bf16>,
+    norm: Option<GemvNorm<'_>>,
+    w: &impl DevicePtr<Bf16>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    in_features: usize,
+    y: &mut impl DevicePtrMut<Bf16>,
+    mode: Accumulate,
+    kernel: GemvKernel,
+) -> Result<()> {
     const OP: &str = "gemv_bf16";
     if in_features == 0 || !in_features.is_multiple_of(8) {
         return Err(shape_error(
@@ -115,7 +203,29 @@ pub fn gemv_bf16_with(
     }
     let out_features = w.len() / in_features;
     let tokens = x.len() / in_features;
-    expect_len(OP, "y", y.len(), tokens * out_features)?;
+    let fused = norm.is_some() || mode == Accumulate::SwiGlu;
+    // rows of the output: SwiGLU writes one per gate/up pair
+    let out_rows = if mode == Accumulate::SwiGlu {
+        if !out_features.is_multiple_of(2) || bias.is_some() {
+            return Err(shape_error(
+                OP,
+                format!("SwiGLU needs an even number of weight rows ({out_features}) and no bias"),
+            ));
+        }
+        out_features / 2
+    } else {
+        out_features
+    };
+    if let Some(n) = &norm {
+        expect_len(OP, "norm weight", n.weight.len(), in_features)?;
+        if !fused_norm_fits(tokens, in_features) {
+            return Err(shape_error(
+                OP,
+                format!("a fused norm over {tokens} x {in_features} does not fit shared memory"),
+            ));
+        }
+    }
+    expect_len(OP, "y", y.len(), tokens * out_rows)?;
     if let Some(b) = bias {
         expect_len(OP, "bias", b.len(), out_features)?;
     }
@@ -138,28 +248,43 @@ pub fn gemv_bf16_with(
         }
         None => (0, None),
     };
+    let (np, _gn) = match &norm {
+        Some(n) => {
+            let (p, g) = n.weight.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
     let (yp, _gy) = y.device_ptr_mut(s);
     expect_aligned16(OP, "x", xp)?;
+    if norm.is_some() {
+        expect_aligned16(OP, "norm weight", np)?;
+    }
     expect_aligned16(OP, "w", wp)?;
+    // k_split 0: chosen below, once the kernel's occupancy is known
     let kernel = match kernel {
-        GemvKernel::Auto if tokens <= TILED_MAX_TOKENS => GemvKernel::Tiled {
-            k_split: auto_k_split(out_features, in_features),
-        },
+        GemvKernel::Auto if tokens == 1 && !fused && warp_rows_for_one_token() => {
+            GemvKernel::WarpRows
+        }
+        GemvKernel::Auto if tokens <= TILED_MAX_TOKENS => GemvKernel::Tiled { k_split: 0 },
         GemvKernel::Auto => GemvKernel::WarpRows,
         k => k,
     };
-    let mut args = vec![
-        Arg::Ptr(yp),
-        Arg::Ptr(xp),
-        Arg::Ptr(wp),
-        Arg::Ptr(bp),
+    if fused && !matches!(kernel, GemvKernel::Tiled { .. }) {
+        return Err(shape_error(
+            OP,
+            format!("{tokens} tokens: the fused norm / SwiGLU GEMV takes 1..={TILED_MAX_TOKENS}"),
+        ));
+    }
+    let mut args = vec![Arg::Ptr(yp), Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(bp)];
+    let tail = [
         Arg::I32(to_i32(OP, "in_features", in_features)?),
-        Arg::I32(to_i32(OP, "out_features", out_features)?),
-        Arg::I32((mode == Accumulate::AddToOutput) as i32),
+        Arg::I32(to_i32(OP, "out_features", out_rows)?),
+        Arg::I32(mode.kernel_mode()),
     ];
     match kernel {
         GemvKernel::Tiled { k_split } => {
-            if !matches!(k_split, 1 | 2 | 4 | 8) {
+            if !matches!(k_split, 0 | 1 | 2 | 4 | 8) {
                 return Err(shape_error(
                     OP,
                     format!("k_split {k_split} must be 1, 2, 4 or 8"),
@@ -171,16 +296,41 @@ pub fn gemv_bf16_with(
                     format!("{tokens} tokens; the tiled GEMV takes at most {TILED_MAX_TOKENS}"),
                 ));
             }
-            let rows_per_block = TILED_ROWS * TILED_WARPS / k_split;
-            let cfg = LaunchConfig {
-                grid_dim: (out_features.div_ceil(rows_per_block) as u32, 1, 1),
-                block_dim: ((32 * TILED_WARPS) as u32, 1, 1),
-                shared_mem_bytes: 0,
+            let name = if norm.is_some() {
+                TILED_NORM_NAMES[tokens - 1]
+            } else {
+                TILED_NAMES[tokens - 1]
             };
+            let threads = (32 * TILED_WARPS) as u32;
+            let smem = if norm.is_some() {
+                (tokens * in_features * 2) as u32
+            } else {
+                0
+            };
+            // a SwiGLU group owns one gate row and its up row
+            let rows_per_group = if mode == Accumulate::SwiGlu {
+                1
+            } else {
+                TILED_ROWS
+            };
+            let k_split = match k_split {
+                0 => auto_k_split(out_features, in_features),
+                k => k,
+            };
+            let row_blocks = out_rows.div_ceil(rows_per_group * TILED_WARPS / k_split);
+            let cfg = LaunchConfig {
+                grid_dim: (row_blocks as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            args.push(Arg::Ptr(np));
+            args.push(Arg::F32(norm.map_or(0.0, |n| n.eps)));
+            args.extend(tail);
             args.push(Arg::I32(k_split as i32));
-            launch(dev, &GEMV_BF16, TILED_NAMES[tokens - 1], cfg, &args)
+            launch(dev, &GEMV_TILED, name, cfg, &args)
         }
         _ => {
+            args.extend(tail);
             let rows_per_block = ROWS_PER_WARP * WARPS_PER_BLOCK;
             let cfg = LaunchConfig {
                 grid_dim: (
@@ -202,7 +352,7 @@ mod tests {
 
     #[test]
     fn k_split_by_shape() {
-        // (out, in, k_split): Qwen3-0.6B qkv, gate_up, o, down, lm_head; Qwen3-4B the same
+        // (weight rows, in, k_split): Qwen3-0.6B qkv, gate_up, o, down, lm_head; Qwen3-4B the same
         let cases = [
             (4096, 1024, 2),
             (6144, 1024, 2),

@@ -35,6 +35,15 @@ pub(crate) fn launch(
     args: &[Arg],
 ) -> Result<()> {
     let f = dev.function(kernel, name)?;
+    if dev.pdl() {
+        // SAFETY: as below.
+        unsafe { launch_pdl(dev, &f, cfg, args) }.map_err(|source| CudaError::Launch {
+            kernel: name,
+            source,
+        })?;
+        dev.count_launch();
+        return Ok(());
+    }
     let mut b = dev.stream().launch_builder(&f);
     for a in args {
         match a {
@@ -53,6 +62,60 @@ pub(crate) fn launch(
     })?;
     dev.count_launch();
     Ok(())
+}
+
+/// Launches with programmatic stream serialization (PDL, sm_90+): the kernel may start while the one
+/// before it on the stream still runs, and waits for it with `pdl_wait()` (kernels/common.cuh) before
+/// touching its outputs. Every kernel of this crate does; CUDA graphs captured from the stream keep
+/// these programmatic edges.
+///
+/// # Safety
+/// `args` must match the kernel's signature, and its buffers its contract.
+unsafe fn launch_pdl(
+    dev: &CudaDevice,
+    f: &cudarc::driver::CudaFunction,
+    cfg: LaunchConfig,
+    args: &[Arg],
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    // the argument values, each in an 8-byte cell whose address the driver reads
+    let mut cells: Vec<u64> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::I64(v) => v as u64,
+            Arg::U32(v) => v as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        })
+        .collect();
+    let mut params: Vec<*mut std::ffi::c_void> = cells
+        .iter_mut()
+        .map(|c| c as *mut u64 as *mut std::ffi::c_void)
+        .collect();
+    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: dev.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // Little-endian: a 4-byte argument is read from the low half of its cell.
+    sys::cuLaunchKernelEx(
+        &config,
+        f.cu_function(),
+        params.as_mut_ptr(),
+        std::ptr::null_mut(),
+    )
+    .result()
 }
 
 pub(crate) fn shape_error(op: &'static str, message: impl Into<String>) -> CudaError {

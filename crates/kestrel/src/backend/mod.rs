@@ -78,6 +78,30 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `silu(x · w_gateᵀ) * (x · w_upᵀ)` with `gate_up` the gate rows then the up rows.
     fn gate_up_silu(&self, x: &Self::Tensor, gate_up: &Self::Matrix) -> Result<Self::Tensor>;
+    /// `rms_norm(x) · wᵀ (+ bias)`: a layer's input norm and the projection after it (the residual
+    /// stream is `x`). A backend may fuse the norm into the matmul; this default does them in turn.
+    fn rms_norm_matmul(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+    ) -> Result<Self::Tensor> {
+        let normed = self.rms_norm(x, norm, eps)?;
+        self.matmul(&normed, w, bias)
+    }
+    /// `gate_up_silu(rms_norm(x))`: the MLP's input norm, gate/up projection and SwiGLU.
+    fn rms_norm_gate_up_silu(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        gate_up: &Self::Matrix,
+    ) -> Result<Self::Tensor> {
+        let normed = self.rms_norm(x, norm, eps)?;
+        self.gate_up_silu(&normed, gate_up)
+    }
     /// Splits merged `qkv` rows into q, k, v; applies the per-head q/k RMSNorm (if any) and neox RoPE at
     /// each token's position; writes k and v into the cache slots of `meta`; returns q `[tokens, heads*head_dim]`.
     fn qk_norm_rope_store_kv(

@@ -1,7 +1,8 @@
 //! Qwen3 / Qwen2. Reads like the HF config: embed, then per layer
-//! `norm → qkv → q/k norm + RoPE + cache write → attention → o_proj → add + norm → gate/up SiLU →
-//! down → add + norm` (the residual carried alongside, so each norm is a fused add + norm; the last
-//! one is the final norm), then the lm_head on the rows that need logits.
+//! `norm + qkv → q/k norm + RoPE + cache write → attention → o_proj + residual → norm + gate/up SiLU →
+//! down + residual` (the residual stream carried alongside: each projection adds into it and each
+//! norm reads it, so a backend can fuse the norms into the matmuls after them), then the final norm
+//! and the lm_head on the rows that need logits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -148,30 +149,33 @@ impl<B: Backend> Qwen3Model<B> {
         let eps = self.config.rms_norm_eps;
         let meta = backend.prepare_metadata(meta)?;
         let mut residual = backend.embed(&self.embed, tokens)?;
-        let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
-        let mut x = backend.rms_norm(&residual, first_norm, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let p = self.attn_params(layer);
-            let qkv = backend.matmul(&x, &layer.qkv, layer.qkv_bias.as_ref())?;
+            let qkv = backend.rms_norm_matmul(
+                &residual,
+                &layer.attn_norm,
+                eps,
+                &layer.qkv,
+                layer.qkv_bias.as_ref(),
+            )?;
             let q = backend.qk_norm_rope_store_kv(&qkv, &p, &meta, cache, l)?;
             let attn = backend.attention(&q, &p, &meta, cache, l)?;
-            let attn_out = backend.matmul(&attn, &layer.o_proj, None)?;
-            x = backend.add_rms_norm(&mut residual, &attn_out, &layer.ffn_norm, eps)?;
-            let act = backend.gate_up_silu(&x, &layer.gate_up)?;
-            let mlp_out = backend.matmul(&act, &layer.down, None)?;
-            // The next layer's input norm, or the final norm after the last layer.
-            let next_norm = self.layers.get(l + 1).map_or(&self.norm, |n| &n.attn_norm);
-            x = backend.add_rms_norm(&mut residual, &mlp_out, next_norm, eps)?;
+            backend.matmul_add_residual(&attn, &layer.o_proj, &mut residual)?;
+            let act =
+                backend.rms_norm_gate_up_silu(&residual, &layer.ffn_norm, eps, &layer.gate_up)?;
+            backend.matmul_add_residual(&act, &layer.down, &mut residual)?;
         }
-        // Logits for every row (decode steps, teacher forcing) need no gather.
+        // Logits for every row (decode steps, teacher forcing) need no gather; the final norm is
+        // row-wise, so it can follow the gather.
         let every_row =
             logit_rows.len() == tokens.len() && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
         let last = if every_row {
-            x
+            residual
         } else {
-            backend.select_rows(&x, logit_rows)?
+            backend.select_rows(&residual, logit_rows)?
         };
-        backend.matmul(&last, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        backend.rms_norm_matmul(&last, &self.norm, eps, lm_head, None)
     }
 
     /// Weight bytes one decode step reads: every layer's matrices and the lm_head (the embedding table
