@@ -5,7 +5,8 @@
 # KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager), and with NCU=1 the per-kernel GPU time of a few
 # eager decode steps (ncu, caches and clocks left alone) into ncu-<shape>.csv.
 # Env: SKIP_TESTS=1, SKIP_PARITY=1 (then only makes the checkpoints), PARITY_SHAPES, BENCH_SHAPES,
-#      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run).
+#      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
+#      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES) into throughput.txt.
 # Logs go to $OUT (default /tmp/decode-check). Run from the repo root after gpu-bundle (see gpu-parity.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -49,6 +50,21 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
   done
 done
 echo "bench done ($((SECONDS - start)) s)" >> "$out/summary.txt"
+if [ "${THROUGHPUT:-0}" = 1 ]; then
+  # issue 5: the engine on nano-vllm's bench.py workload and the concurrency sweep; batched decode
+  for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do
+    m=/tmp/kestrel-parity/$shape
+    {
+      echo "== $shape throughput"
+      .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
+      echo "== $shape sweep"
+      .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
+      echo "== $shape batch 64"
+      .gpu/bin/kestrel bench -m "$m" --device cuda --batch 64 -p 512 -n 128 -r 1 2>&1
+    } >> "$out/throughput.txt"
+  done
+  echo "throughput done ($((SECONDS - start)) s)" >> "$out/summary.txt"
+fi
 if [ "${GEMV_BENCH:-0}" = 1 ]; then
   $(ls .gpu/tests/kestrel_cuda_gpu_gemv_bench-* | head -n 1) --ignored --nocapture > "$out/gemv-bench.txt" 2>&1
   echo "gemv bench done ($((SECONDS - start)) s)" >> "$out/summary.txt"

@@ -1,14 +1,15 @@
 //! The backend's matmuls: a few tokens (decode) go through the bf16 GEMV kernel, more (prefill)
 //! through cuBLAS; both accumulate in f32 and round the output to bf16 once, as HF's bf16 nn.Linear.
-//! Bias (Qwen2's q/k/v) is added before that rounding; the residual add after it.
+//! Bias (Qwen2's q/k/v) is added before that rounding; the residual add after it (decode) or inside
+//! it (prefill: cuBLAS's beta = 1, one kernel fewer per projection).
 
 use cudarc::driver::DevicePtr;
 use kestrel::{KestrelError, Result};
 
 use super::tensor::{CudaMatrix, CudaTensor, CudaVector};
 use super::{be, CudaBackend};
-use crate::ops::elementwise::{bias_add, residual_add};
-use crate::ops::gemm::gemm_bf16;
+use crate::ops::elementwise::bias_add;
+use crate::ops::gemm::{gemm_bf16, gemm_bf16_accumulate};
 use crate::ops::gemv::{fused_norm_fits, gemv_bf16, gemv_bf16_fused, Accumulate, GemvNorm};
 use crate::ops::norm::rms_norm;
 use crate::ops::silu_mul::silu_mul;
@@ -113,8 +114,17 @@ impl CudaBackend {
             )
             .map_err(be);
         }
-        let y = self.linear(x, w, None)?;
-        residual_add(self.device(), &mut residual.data, &y.data).map_err(be)
+        let guard = self.blas()?;
+        let blas = guard.as_ref().expect("created by blas()");
+        gemm_bf16_accumulate(
+            self.device(),
+            blas,
+            &x.data,
+            &w.data,
+            w.cols,
+            &mut residual.data,
+        )
+        .map_err(be)
     }
 
     /// `rms_norm(x) · wᵀ (+ bias)`: one fused GEMV launch for a few tokens, a norm kernel and the

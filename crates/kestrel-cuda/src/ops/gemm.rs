@@ -49,6 +49,32 @@ pub fn gemm_bf16<T: GemmOutput>(
     in_features: usize,
     y: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
+    gemm_impl(dev, blas, x, w, in_features, y, 0.0)
+}
+
+/// `y = bf16(y + x · wᵀ)`, the sum taken in f32 and rounded once (cuBLAS's beta = 1): a prefill
+/// projection added into the residual stream without a kernel of its own. HF rounds the projection
+/// to bf16 before the add; one rounding is closer to its float32 run, which parity measures.
+pub fn gemm_bf16_accumulate(
+    dev: &CudaDevice,
+    blas: &CudaBlas,
+    x: &impl DevicePtr<Bf16>,
+    w: &impl DevicePtr<Bf16>,
+    in_features: usize,
+    y: &mut impl DevicePtrMut<Bf16>,
+) -> Result<()> {
+    gemm_impl(dev, blas, x, w, in_features, y, 1.0)
+}
+
+fn gemm_impl<T: GemmOutput>(
+    dev: &CudaDevice,
+    blas: &CudaBlas,
+    x: &impl DevicePtr<Bf16>,
+    w: &impl DevicePtr<Bf16>,
+    in_features: usize,
+    y: &mut impl DevicePtrMut<T>,
+    beta: f32,
+) -> Result<()> {
     const OP: &str = "gemm_bf16";
     if in_features == 0 || !w.len().is_multiple_of(in_features) {
         return Err(shape_error(
@@ -86,7 +112,7 @@ pub fn gemm_bf16<T: GemmOutput>(
     let (wp, _gw) = w.device_ptr(s);
     let (xp, _gx) = x.device_ptr(s);
     let (yp, _gy) = y.device_ptr_mut(s);
-    let (alpha, beta) = (1.0f32, 0.0f32);
+    let alpha = 1.0f32;
     // SAFETY: the lengths checked above bound every access cuBLAS makes (m*k, k*n and m*n elements);
     // alpha and beta are f32 as CUBLAS_COMPUTE_32F requires; the handle runs on the buffers' stream.
     unsafe {

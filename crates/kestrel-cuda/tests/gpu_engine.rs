@@ -1,0 +1,258 @@
+//! The engine on the CUDA backend (the GPU twin of kestrel's `tests/engine_batching.rs`): batching,
+//! chunked prefill, prefix-cache hits and preemption must not change a greedy request's output. Each
+//! request is checked against itself run alone through a fresh engine on the same GPU, and that alone
+//! run against the single-sequence path (`generate`, its own cache) on the same backend. Both tiny
+//! checkpoints (Qwen3 with planted k_norm gains, Qwen2 with q/k/v bias).
+//!
+//! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1.
+
+mod common;
+
+use common::testdata;
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use kestrel::engine::engine::{Engine, EngineConfig};
+use kestrel::engine::generate::generate;
+use kestrel::engine::loaded::LoadedModel;
+use kestrel::engine::request::{Output, Prompt};
+use kestrel::engine::sampling::SamplingParams;
+use kestrel::engine::scheduler::SchedulerConfig;
+use kestrel_cuda::backend::CudaBackend;
+use kestrel_cuda::CudaDevice;
+
+const MODELS: [&str; 2] = ["tiny-qwen3-bf16", "tiny-qwen2"];
+
+/// An engine owns its backend, so each engine gets a `CudaBackend` of its own over one shared device
+/// (kernels compiled once). The backends share the device's one stream and a backend runs one
+/// forward at a time (graph capture, staged metadata): the tests take turns, each holding the guard
+/// for its whole body.
+struct Gpu {
+    _turn: MutexGuard<'static, ()>,
+    dev: Arc<CudaDevice>,
+}
+
+fn gpu() -> Option<Gpu> {
+    static TURN: Mutex<()> = Mutex::new(());
+    static DEV: OnceLock<Option<Arc<CudaDevice>>> = OnceLock::new();
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = DEV.get_or_init(|| {
+        common::open_or_skip(CudaDevice::open(0)).map(|d| {
+            eprintln!("{}", d.name());
+            Arc::new(d)
+        })
+    });
+    dev.clone().map(|dev| Gpu { _turn: turn, dev })
+}
+
+fn config(
+    block_size: usize,
+    num_blocks: usize,
+    max_num_seqs: usize,
+    budget: usize,
+) -> EngineConfig {
+    EngineConfig {
+        scheduler: SchedulerConfig {
+            max_num_seqs,
+            max_num_batched_tokens: budget,
+            block_size,
+            num_blocks,
+            chunked_prefill: true,
+        },
+        max_model_len: None,
+    }
+}
+
+/// A fresh engine (empty prefix cache, new backend) for the checkpoint in `testdata/<dir>`, and the
+/// model's stop ids (the single-sequence path needs them; the engine keeps its own).
+fn engine(gpu: &Gpu, dir: &str, cfg: EngineConfig) -> (Engine<CudaBackend>, Vec<u32>) {
+    let backend = CudaBackend::new(gpu.dev.clone());
+    let path = testdata(dir);
+    let loaded = LoadedModel::load(path.to_str().expect("utf-8 testdata path"), &backend)
+        .unwrap_or_else(|e| panic!("loading {dir}: {e}"));
+    let eos = loaded.eos_token_ids.clone();
+    let e = Engine::from_loaded(backend, loaded, cfg).expect("building the engine");
+    (e, eos)
+}
+
+fn greedy(max_tokens: usize, ignore_eos: bool) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ignore_eos,
+        ..Default::default()
+    }
+}
+
+/// `len` ordinary token ids (below 480 in both tiny tokenizers), reproducible from `seed`.
+fn prompt(seed: u64, len: usize) -> Vec<u32> {
+    let mut r = common::Rng(seed);
+    (0..len).map(|_| r.below(480) as u32).collect()
+}
+
+type Reqs = Vec<(Vec<u32>, SamplingParams)>;
+
+fn run_all(e: &mut Engine<CudaBackend>, reqs: &Reqs) -> Vec<Output> {
+    let outs = e
+        .generate(
+            reqs.iter()
+                .map(|(p, s)| (Prompt::Tokens(p.clone()), s.clone())),
+        )
+        .expect("engine generate");
+    assert_eq!(outs.len(), reqs.len());
+    outs
+}
+
+/// The request alone through a fresh engine of the same configuration (the same chunking, nothing
+/// beside it, no prefix hits), checked against `generate` on that engine's backend and model.
+fn alone(gpu: &Gpu, dir: &str, cfg: EngineConfig, p: &[u32], s: &SamplingParams) -> Output {
+    let (mut e, eos) = engine(gpu, dir, cfg);
+    let out = run_all(&mut e, &vec![(p.to_vec(), s.clone())]).remove(0);
+    let mut text = String::new();
+    let max_len = e.model().config.max_position_embeddings;
+    let single = generate(
+        e.backend(),
+        e.model(),
+        e.tokenizer(),
+        p,
+        s,
+        &eos,
+        max_len,
+        |t| text.push_str(t),
+    )
+    .expect("single-sequence generation");
+    let tag = format!("{dir}: prompt of {}: engine alone vs generate", p.len());
+    assert_eq!(out.token_ids, single.tokens, "{tag}: tokens");
+    assert_eq!(out.text, text, "{tag}: text");
+    assert_eq!(
+        out.finish_reason,
+        Some(single.finish_reason),
+        "{tag}: finish"
+    );
+    out
+}
+
+/// Every output equals its request run alone, field by field.
+fn check_all(gpu: &Gpu, dir: &str, cfg: EngineConfig, reqs: &Reqs, outs: &[Output], tag: &str) {
+    for (i, ((p, s), got)) in reqs.iter().zip(outs).enumerate() {
+        let want = alone(gpu, dir, cfg, p, s);
+        let tag = format!("{dir} {tag} request {i} (prompt {})", p.len());
+        assert_eq!(got.token_ids, want.token_ids, "{tag}: tokens");
+        assert_eq!(got.text, want.text, "{tag}: text");
+        assert_eq!(got.finish_reason, want.finish_reason, "{tag}: finish");
+        assert_eq!(got.prompt_tokens, p.len(), "{tag}: prompt tokens");
+        assert_eq!(
+            got.completion_tokens,
+            got.token_ids.len(),
+            "{tag}: completion tokens"
+        );
+    }
+}
+
+#[test]
+fn batch_with_chunked_prefill_matches_each_request_alone() {
+    let Some(gpu) = gpu() else { return };
+    let lens = [3usize, 17, 40, 9, 64, 1, 25, 33];
+    let maxes = [12usize, 20, 5, 30, 8, 16, 10, 14];
+    let reqs: Reqs = lens
+        .iter()
+        .zip(maxes)
+        .enumerate()
+        .map(|(i, (&len, max))| (prompt(i as u64, len), greedy(max, i % 2 == 0)))
+        .collect();
+    // A 16-token budget splits the long prompts over several steps, mixed with other decodes.
+    let cfg = config(4, 256, 8, 16);
+    for dir in MODELS {
+        let (mut e, _) = engine(&gpu, dir, cfg);
+        let outs = run_all(&mut e, &reqs);
+        check_all(&gpu, dir, cfg, &reqs, &outs, "chunked");
+        let st = e.stats();
+        eprintln!("{dir}: {st:?}");
+        // Once every prompt is in, the steps are pure greedy decode: the decode graph path.
+        assert!(
+            st.graph_steps > 0,
+            "{dir}: no step took the graph path: {st:?}"
+        );
+        assert!(st.graph_steps < st.steps, "{dir}: {st:?}");
+        assert_eq!(
+            e.num_free_blocks(),
+            e.num_blocks(),
+            "{dir}: every block freed"
+        );
+    }
+}
+
+#[test]
+fn prefix_cache_hits_match_misses_and_a_fully_cached_prompt_works() {
+    let Some(gpu) = gpu() else { return };
+    let base = prompt(100, 32);
+    let with = |tail_seed: u64, tail: usize| {
+        let mut p = base.clone();
+        p.extend(prompt(tail_seed, tail));
+        p
+    };
+    let cfg = config(4, 256, 8, 64);
+    for dir in MODELS {
+        let (mut e, _) = engine(&gpu, dir, cfg);
+        // Fill the cache with the shared prefix (a miss: nothing cached yet).
+        let first = vec![(with(1, 7), greedy(10, true))];
+        check_all(&gpu, dir, cfg, &first, &run_all(&mut e, &first), "first");
+        assert_eq!(e.stats().cached_tokens, 0, "{dir}");
+        // Different tails after the cached prefix, a shorter prefix, and the prefix itself (32
+        // tokens: every block of it is cached, the last is recomputed to get logits).
+        let second = vec![
+            (with(2, 13), greedy(12, true)),
+            (base[..30].to_vec(), greedy(9, true)),
+            (base.clone(), greedy(11, true)),
+        ];
+        let hits_outs = run_all(&mut e, &second);
+        check_all(&gpu, dir, cfg, &second, &hits_outs, "hits");
+        let hits = e.stats().cached_tokens;
+        assert!(hits >= 32 + 28 + 28, "{dir}: prefix hits: {hits}");
+        // The same prompts again, now all cached: the same outputs as the first time.
+        let again = run_all(&mut e, &second);
+        for (i, (a, b)) in again.iter().zip(&hits_outs).enumerate() {
+            assert_eq!(a.token_ids, b.token_ids, "{dir}: request {i} resubmitted");
+            assert_eq!(a.text, b.text, "{dir}: request {i} resubmitted");
+        }
+        assert!(e.stats().cached_tokens - hits >= 32 + 28 + 28, "{dir}");
+        // The entirely cached prompt alone: 7 of its 8 blocks hit.
+        let before = e.stats().cached_tokens;
+        let full = vec![(base.clone(), greedy(11, true))];
+        check_all(
+            &gpu,
+            dir,
+            cfg,
+            &full,
+            &run_all(&mut e, &full),
+            "fully cached",
+        );
+        assert_eq!(e.stats().cached_tokens - before, 28, "{dir}");
+        assert_eq!(e.num_free_blocks(), e.num_blocks(), "{dir}");
+    }
+}
+
+#[test]
+fn preempted_sequences_continue_identically() {
+    let Some(gpu) = gpu() else { return };
+    // 16 blocks of 4 = 64 tokens of KV for 6 sequences of up to 49 tokens each.
+    let reqs: Reqs = (0..6)
+        .map(|i| {
+            let p = prompt(200 + i, 10 + 2 * i as usize);
+            (p, greedy(25 + i as usize, true))
+        })
+        .collect();
+    let cfg = config(4, 16, 6, 32);
+    for dir in MODELS {
+        let (mut e, _) = engine(&gpu, dir, cfg);
+        let outs = run_all(&mut e, &reqs);
+        // Each request alone fits the 16 blocks, so the reference runs without preemption.
+        check_all(&gpu, dir, cfg, &reqs, &outs, "preempted");
+        let st = e.stats();
+        eprintln!("{dir}: {st:?}");
+        assert!(
+            st.preemptions > 0,
+            "{dir}: the workload must preempt: {st:?}"
+        );
+        assert_eq!(e.num_free_blocks(), e.num_blocks(), "{dir}");
+    }
+}
