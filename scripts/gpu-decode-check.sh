@@ -42,6 +42,8 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       nopdl) env=(KESTREL_PDL=0); extra=() ;;
       nofuse) env=(KESTREL_FUSE_NORM=0); extra=() ;;
       warp1) env=(KESTREL_GEMV_T1=warp); extra=() ;;
+      ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
+      ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;
     esac
     echo "== $shape $variant" >> "$out/bench.txt"
@@ -54,14 +56,17 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
   # issue 5: the engine on nano-vllm's bench.py workload and the concurrency sweep; batched decode
   for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do
     m=/tmp/kestrel-parity/$shape
-    {
-      echo "== $shape throughput"
-      .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
-      echo "== $shape sweep"
-      .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
-      echo "== $shape batch 64"
-      .gpu/bin/kestrel bench -m "$m" --device cuda --batch 64 -p 512 -n 128 -r 1 2>&1
-    } >> "$out/throughput.txt"
+    for ctas in ${THROUGHPUT_CTAS:-default}; do
+      env=(); [ "$ctas" = default ] || env=(KESTREL_ATTN_TARGET_CTAS=$ctas)
+      {
+        echo "== $shape throughput (attention target CTAs: $ctas)"
+        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
+        echo "== $shape sweep ($ctas)"
+        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
+        echo "== $shape batch 64 ($ctas)"
+        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --batch 64 -p 512 -n 128 -r 1 2>&1
+      } >> "$out/throughput.txt"
+    done
   done
   echo "throughput done ($((SECONDS - start)) s)" >> "$out/summary.txt"
 fi

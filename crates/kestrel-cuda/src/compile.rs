@@ -48,6 +48,7 @@ pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
 pub const ARGMAX: Kernel = kernel!("argmax.cu");
 pub const ELEMENTWISE: Kernel = kernel!("elementwise.cu");
+pub const SAMPLING: Kernel = kernel!("sampling.cu");
 
 /// Every kernel file; the NVRTC test compiles each for sm_80 and sm_90.
 pub const ALL_KERNELS: &[Kernel] = &[
@@ -58,6 +59,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GEMV_BF16,
     GEMV_TILED,
     ARGMAX,
+    SAMPLING,
     ELEMENTWISE,
     ATTENTION_DECODE,
     ATTENTION_PREFILL,

@@ -14,8 +14,22 @@ use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 
 /// Partitions at most.
 const MAX_PARTITIONS: usize = 32;
-/// Decode CTAs to aim for (sequences × kv heads × partitions): enough to fill an H100's 132 SMs.
-const TARGET_CTAS: usize = 512;
+/// Decode CTAs to aim for (sequences × kv heads × partitions): 16 per SM of an H100/H200. A CTA
+/// walks its keys in a latency-bound loop, so shorter partitions over more CTAs win (measured on H200,
+/// batch 64: 512 CTAs left attention at a quarter of the memory bandwidth).
+const TARGET_CTAS: usize = 2048;
+
+/// [`TARGET_CTAS`], or `KESTREL_ATTN_TARGET_CTAS` (to measure).
+fn target_ctas() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("KESTREL_ATTN_TARGET_CTAS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(TARGET_CTAS)
+    })
+}
 
 /// Split-K partitions (the grid's z) for a decode step: enough CTAs to fill the GPU. It depends on
 /// the batch-size bucket only, never on context lengths, so a CUDA graph replays as contexts grow
@@ -23,7 +37,7 @@ const TARGET_CTAS: usize = 512;
 /// 64 keys (partitions past a short context exit at once).
 fn decode_partitions(meta: &CudaMetadata, num_kv_heads: usize) -> usize {
     let seqs = super::graphs::decode_bucket(meta.num_seqs);
-    TARGET_CTAS
+    target_ctas()
         .div_ceil((seqs * num_kv_heads).max(1))
         .clamp(1, MAX_PARTITIONS)
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use kestrel::backend::{AttnMetadata, AttnParams, Backend, DecodeForward, KvCacheSpec};
+use kestrel::engine::row_sampling::RowSampling;
 use kestrel::formats::HostTensor;
 use kestrel::{KestrelError, Result};
 
@@ -293,6 +294,10 @@ impl Backend for CudaBackend {
             0 => None,
             k => Some(k),
         }
+    }
+
+    fn sample(&self, logits: &CudaTensor, rows: &[RowSampling]) -> Result<Option<Vec<u32>>> {
+        super::sampling::sample(self, logits, rows).map(Some)
     }
 
     fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {

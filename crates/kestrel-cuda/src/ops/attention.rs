@@ -286,6 +286,15 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     let acc = wp + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
     let (done, _gd) = counters.device_ptr_mut(s);
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
+    // the CTA's partials, then its partition's block-table entries (at most the whole row)
+    let decode_smem = DECODE_WARPS * g * (head_dim + 2) * 4 + (max_blocks_per_seq + 1) * 4;
+    if decode_smem > DEFAULT_SMEM {
+        return Err(shape_error(
+            OP,
+            format!("block tables of {max_blocks_per_seq} entries do not fit the decode kernel's shared memory"),
+        ));
+    }
+    let decode_smem = decode_smem as u32;
     let cfg = LaunchConfig {
         grid_dim: (
             u32::try_from(num_kv_heads * group.div_ceil(g))
@@ -294,7 +303,7 @@ pub fn paged_attention<U: DevicePtr<u32>>(
             maxp as u32,
         ),
         block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
-        shared_mem_bytes: (DECODE_WARPS * g * (head_dim + 2) * 4) as u32,
+        shared_mem_bytes: decode_smem,
     };
     let args = [
         Arg::Ptr(op),

@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod gemv;
 pub mod norm;
 pub mod qk_norm_rope_kv;
+pub mod sampling;
 pub mod silu_mul;
 
 use cudarc::driver::{sys::CUdeviceptr, LaunchConfig, PushKernelArg};

@@ -134,6 +134,18 @@ pub trait Backend: Send + Sync {
             .collect())
     }
 
+    /// Samples one token per row of `logits` under `rows[r]` (settings and the step's uniform draw),
+    /// with exactly the semantics of [`crate::engine::row_sampling::sample_with_u`], so only token ids
+    /// cross to the host. `Ok(None)`: not supported here, the caller samples on the host (this default).
+    fn sample(
+        &self,
+        logits: &Self::Tensor,
+        rows: &[crate::engine::row_sampling::RowSampling],
+    ) -> Result<Option<Vec<u32>>> {
+        let _ = (logits, rows);
+        Ok(None)
+    }
+
     /// A greedy decode step: `forward` is the model's forward pass, returning one logits row per
     /// token; the result is the argmax of each sequence's row. Every sequence of `meta` has one new
     /// token (`tokens[i]` is sequence `i`'s). A backend may call `forward` with `tokens` padded to a

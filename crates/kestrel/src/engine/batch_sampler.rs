@@ -3,13 +3,57 @@
 //!
 //! Every request owns its RNG and draws exactly once per token it generates, so a seeded request
 //! gives the same tokens whatever else shares its batches, and preemption (recompute) does not
-//! disturb it. When every row is plain greedy the argmax runs on the backend and the logits never
-//! cross to the host.
+//! disturb it. When every row is plain greedy the argmax runs on the backend; when no row has
+//! penalties the backend samples (`Backend::sample`); either way the logits never cross to the host.
 
+use super::row_sampling::{sample_with_u, RowSampling};
 use super::runner::StepLogits;
 use super::sampling::Sampler;
 use crate::backend::Backend;
 use crate::{KestrelError, Result};
+
+/// Rows without penalties are sampled by the backend (`Backend::sample`: only ids come back) with
+/// each request's one draw for the step; if any row needs penalties (host-only: they read the token
+/// history), or the backend has no sampling op, every row of the step is sampled on the host from the
+/// same draws, so a request's tokens do not depend on which path its batch took.
+fn device_or_host<B: Backend>(
+    backend: &B,
+    logits: &B::Tensor,
+    samplers: &mut [&mut Sampler],
+) -> Result<Vec<u32>> {
+    if !samplers.iter().any(|s| s.needs_host()) {
+        let rows: Vec<RowSampling> = samplers.iter_mut().map(|s| s.draw()).collect();
+        if let Some(ids) = backend.sample(logits, &rows)? {
+            return Ok(ids);
+        }
+        let (_, vocab, data) = host_rows(backend, logits, samplers.len())?;
+        return Ok(data
+            .chunks(vocab.max(1))
+            .zip(&rows)
+            .map(|(row, r)| sample_with_u(row, r))
+            .collect());
+    }
+    let (_, vocab, mut data) = host_rows(backend, logits, samplers.len())?;
+    Ok(data
+        .chunks_mut(vocab.max(1))
+        .zip(samplers.iter_mut())
+        .map(|(row, s)| s.sample(row))
+        .collect())
+}
+
+fn host_rows<B: Backend>(
+    backend: &B,
+    logits: &B::Tensor,
+    want: usize,
+) -> Result<(usize, usize, Vec<f32>)> {
+    let (rows, vocab, data) = backend.to_host(logits)?;
+    if rows != want {
+        return Err(KestrelError::Engine(format!(
+            "{rows} logits rows for {want} sampling sequences"
+        )));
+    }
+    Ok((rows, vocab, data))
+}
 
 /// Picks the next token of each sampling sequence: `samplers[k]` belongs to row `k` of `step`. Each
 /// chosen token is recorded in its sampler (for the penalties).
@@ -24,17 +68,7 @@ pub fn sample_step<B: Backend>(
             if samplers.iter().all(|s| s.params().is_plain_greedy()) {
                 backend.argmax(&logits)?
             } else {
-                let (rows, vocab, mut data) = backend.to_host(&logits)?;
-                if rows != samplers.len() {
-                    return Err(KestrelError::Engine(format!(
-                        "{rows} logits rows for {} sampling sequences",
-                        samplers.len()
-                    )));
-                }
-                data.chunks_mut(vocab.max(1))
-                    .zip(samplers.iter_mut())
-                    .map(|(row, s)| s.sample(row))
-                    .collect()
+                device_or_host(backend, &logits, samplers)?
             }
         }
     };

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::row_sampling::{sample_with_u, RowSampling};
 use crate::{KestrelError, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -125,55 +126,36 @@ impl Sampler {
         *self.generated.entry(token).or_insert(0) += 1;
     }
 
+    /// Whether this request's step needs the host: penalties read the token history, which only
+    /// the host keeps (rows without them can be sampled on the device with [`Sampler::draw`]).
+    pub fn needs_host(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
+    }
+
+    /// This step's settings and random draw: exactly one `u` from the request's RNG per sampled
+    /// (temperature > 0) token, none for greedy ones, whichever path (host or device) then picks it.
+    pub fn draw(&mut self) -> RowSampling {
+        let p = &self.params;
+        let u = if p.temperature == 0.0 {
+            0.0
+        } else {
+            self.rng.random::<f32>()
+        };
+        RowSampling {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            u,
+        }
+    }
+
     /// Picks the next token from `logits` (modified in place by the penalties).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         self.apply_penalties(logits);
-        if self.params.temperature == 0.0 {
-            return argmax(logits);
-        }
-        let inv_t = 1.0 / self.params.temperature;
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l * inv_t))
-            .collect();
-        if cand.is_empty() {
-            return argmax(logits);
-        }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if self.params.top_k > 0 {
-            cand.truncate(self.params.top_k);
-        }
-        // Softmax over the survivors (sorted, so the max is first).
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        let mut keep = probs.len();
-        if self.params.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= self.params.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        if self.params.min_p > 0.0 {
-            let floor = probs[0] * self.params.min_p;
-            keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
-        }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for i in 0..keep {
-            r -= probs[i];
-            if r <= 0.0 {
-                return cand[i].0;
-            }
-        }
-        cand[keep - 1].0
+        let row = self.draw();
+        sample_with_u(logits, &row)
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
