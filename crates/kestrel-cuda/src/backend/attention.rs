@@ -14,10 +14,10 @@ use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 
 /// Partitions at most.
 const MAX_PARTITIONS: usize = 32;
-/// Decode CTAs to aim for (sequences × kv heads × partitions): 16 per SM of an H100/H200. A CTA
-/// walks its keys in a latency-bound loop, so shorter partitions over more CTAs win (measured on H200,
-/// batch 64: 512 CTAs left attention at a quarter of the memory bandwidth).
-const TARGET_CTAS: usize = 2048;
+/// Decode CTAs to aim for (sequences × kv heads × partitions): enough to fill an H100's 132 SMs.
+/// Measured on H100 at 4d22544 (Qwen3-0.6B): 2048 gave the bench.py workload 1.5% more (13,198 vs
+/// 13,004 tok/s) but 64-sequence decode 12% less (18,116 vs 20,698), so 512 stays.
+const TARGET_CTAS: usize = 512;
 
 /// [`TARGET_CTAS`], or `KESTREL_ATTN_TARGET_CTAS` (to measure).
 fn target_ctas() -> usize {
