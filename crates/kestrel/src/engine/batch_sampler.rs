@@ -6,6 +6,8 @@
 //! disturb it. When every row is plain greedy the argmax runs on the backend; when no row has
 //! penalties the backend samples (`Backend::sample`); either way the logits never cross to the host.
 
+use rayon::prelude::*;
+
 use super::row_sampling::{sample_with_u, RowSampling};
 use super::runner::StepLogits;
 use super::sampling::Sampler;
@@ -27,16 +29,17 @@ fn device_or_host<B: Backend>(
             return Ok(ids);
         }
         let (_, vocab, data) = host_rows(backend, logits, samplers.len())?;
+        // rows are independent and each may sort the whole vocabulary: one per core
         return Ok(data
-            .chunks(vocab.max(1))
-            .zip(&rows)
+            .par_chunks(vocab.max(1))
+            .zip(rows.par_iter())
             .map(|(row, r)| sample_with_u(row, r))
             .collect());
     }
     let (_, vocab, mut data) = host_rows(backend, logits, samplers.len())?;
     Ok(data
-        .chunks_mut(vocab.max(1))
-        .zip(samplers.iter_mut())
+        .par_chunks_mut(vocab.max(1))
+        .zip(samplers.par_iter_mut())
         .map(|(row, s)| s.sample(row))
         .collect())
 }

@@ -45,18 +45,23 @@ pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
         return argmax(row);
     }
     // -0.0 == 0.0 here (partial order), so those tie and go by token id, as on the GPU.
-    cand.sort_by(|a, b| {
+    let order = |a: &(u32, f32), b: &(u32, f32)| {
         b.1.partial_cmp(&a.1)
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(a.0.cmp(&b.0))
-    });
-    let max = cand[0].1;
+    };
     let k = if r.top_k > 0 {
         r.top_k.min(cand.len())
     } else {
         cand.len()
     };
-    cand.truncate(k);
+    if k < cand.len() {
+        // top-k: only the k best need sorting (a 151,936-wide sort per row dominated host sampling)
+        cand.select_nth_unstable_by(k - 1, order);
+        cand.truncate(k);
+    }
+    cand.sort_by(order);
+    let max = cand[0].1;
     // Unnormalised probabilities exp(x - max): the largest is exactly 1.
     let e: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
     let cum: Vec<f64> = e
