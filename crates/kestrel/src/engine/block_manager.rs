@@ -113,7 +113,7 @@ impl BlockManager {
         self.blocks[block as usize].ref_count
     }
 
-    fn plan(&self, seq: &Sequence) -> Plan {
+    fn plan(&self, seq: &Sequence, usable: &dyn Fn(u64) -> bool) -> Plan {
         let n = seq.num_blocks();
         let mut hashes = Vec::with_capacity(n);
         let mut hits = Vec::new();
@@ -122,7 +122,7 @@ impl BlockManager {
             let tokens = seq.block(i);
             let hash = (tokens.len() == self.block_size).then(|| hash_block(parent, tokens));
             if let (true, Some(h)) = (hits.len() == i, hash) {
-                if let Some(&b) = self.hash_to_block.get(&h) {
+                if let Some(&b) = self.hash_to_block.get(&h).filter(|_| usable(h)) {
                     let block = &self.blocks[b as usize];
                     if block.parent_hash == parent && block.token_ids == tokens {
                         hits.push(b);
@@ -140,7 +140,16 @@ impl BlockManager {
 
     /// Free blocks that allocating `seq` would take: every block but the hits on used blocks.
     pub fn num_blocks_to_allocate(&self, seq: &Sequence) -> usize {
-        let plan = self.plan(seq);
+        self.num_blocks_to_allocate_with(seq, &|_| true)
+    }
+
+    /// [`Self::num_blocks_to_allocate`] when only hashes for which `usable` holds may hit.
+    pub fn num_blocks_to_allocate_with(
+        &self,
+        seq: &Sequence,
+        usable: &dyn Fn(u64) -> bool,
+    ) -> usize {
+        let plan = self.plan(seq, usable);
         let shared = plan.hits.iter().filter(|&&b| self.ref_count(b) > 0).count();
         seq.num_blocks() - shared
     }
@@ -149,13 +158,29 @@ impl BlockManager {
         self.num_blocks_to_allocate(seq) <= self.num_free_blocks()
     }
 
+    /// [`Self::can_allocate`] when only hashes for which `usable` holds may hit.
+    pub fn can_allocate_with(&self, seq: &Sequence, usable: &dyn Fn(u64) -> bool) -> bool {
+        self.num_blocks_to_allocate_with(seq, usable) <= self.num_free_blocks()
+    }
+
     /// Gives a sequence holding no blocks the blocks of all its tokens, reusing cached full blocks
     /// of its prefix (counted in `num_cached_tokens`). On error nothing changes.
     pub fn allocate(&mut self, seq: &mut Sequence) -> Result<(), BlockError> {
+        self.allocate_with(seq, &|_| true)
+    }
+
+    /// [`Self::allocate`] where only hashes for which `usable` holds may hit: hits stop at the first
+    /// block that may not (its KV is not computed yet, say), and that block and the rest get fresh
+    /// blocks, computed again. Their hashes stay registered to the first copies.
+    pub fn allocate_with(
+        &mut self,
+        seq: &mut Sequence,
+        usable: &dyn Fn(u64) -> bool,
+    ) -> Result<(), BlockError> {
         if !seq.block_table.is_empty() {
             return Err(BlockError::AlreadyAllocated(seq.id));
         }
-        let plan = self.plan(seq);
+        let plan = self.plan(seq, usable);
         let shared = plan.hits.iter().filter(|&&b| self.ref_count(b) > 0).count();
         let needed = seq.num_blocks() - shared;
         if needed > self.num_free_blocks() {

@@ -16,9 +16,10 @@
 //! is written, and the scheduler cannot change that. It guarantees a hit never reads uncomputed KV:
 //! 1. *Pending blocks.* A full block of a running sequence that is not computed before this step
 //!    (prompt blocks still being prefilled, including this step's chunk, and a decode block that
-//!    this step's token fills) is *pending*. A waiting sequence whose own block hashes include a
-//!    pending hash is not admitted this step (and, FIFO, nothing behind it is): it waits at most
-//!    until the owner computes the block or leaves. This covers hits inside one step too.
+//!    this step's token fills) is *pending*. An admission may not hit a pending hash: its hits stop
+//!    there and it computes that block and the rest itself (vLLM's behaviour: a miss, not a wait, so
+//!    requests sharing a long prefix that is still being prefilled do not hold up the queue). This
+//!    covers hits inside one step too (each admission's own blocks join the pending set).
 //! 2. *No uncomputed block is ever freed with its hash.* Freed hashed blocks stay hit-able, so a
 //!    preemption victim must have computed all its full blocks: a sequence in the middle of its
 //!    prefill is never chosen (it already holds all its blocks and needs none to progress); a
@@ -328,17 +329,17 @@ impl Scheduler {
         }
         // Admissions, FIFO.
         while let Some(front) = self.waiting.front() {
+            let computed = |h: u64| !pending.contains(&h);
             let fits = self.running.len() < self.cfg.max_num_seqs
                 && budget > 0
                 && (self.cfg.chunked_prefill || front.seq.len() <= budget)
-                && !front.hashes.iter().any(|h| pending.contains(h))
-                && self.bm.can_allocate(&front.seq);
+                && self.bm.can_allocate_with(&front.seq, &computed);
             if !fits {
                 break;
             }
             let mut e = self.waiting.pop_front().expect("front exists");
             self.bm
-                .allocate(&mut e.seq)
+                .allocate_with(&mut e.seq, &computed)
                 .expect("can_allocate checked the blocks");
             e.seq.status = SequenceStatus::Running;
             e.num_computed = e.seq.num_cached_tokens;

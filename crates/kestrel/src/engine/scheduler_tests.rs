@@ -37,13 +37,23 @@ fn no_hit_on_a_block_prefilled_in_the_same_step() {
     s.add(Sequence::new(1, (0..8).collect(), 4), P).unwrap();
     s.add(Sequence::new(2, (0..8).collect(), 4), P).unwrap();
     let b = s.schedule().unwrap();
-    assert_eq!(b.seqs.len(), 1, "the twin waits for the owner's KV");
-    s.postprocess(&b, &[Some(9)]);
+    // The twin is admitted at once (it does not wait for the owner) but misses: its blocks are its
+    // own and it computes all 8 tokens.
+    assert_eq!(b.seqs.len(), 2, "the twin is admitted in the same step");
+    assert_eq!((b.seqs[1].token_ids.len(), b.seqs[1].context_len), (8, 8));
+    assert!(b.seqs[1]
+        .block_table
+        .iter()
+        .all(|x| !b.seqs[0].block_table.contains(x)));
+    s.postprocess(&b, &[Some(9), Some(9)]);
+    // Once computed, the blocks are hits: a third copy shares the first block, and its all-hit
+    // last block is recomputed.
+    s.add(Sequence::new(3, (0..8).collect(), 4), P).unwrap();
     let b = s.schedule().unwrap();
-    assert_eq!(b.seqs.len(), 2);
-    // The twin hits the computed first block; the all-hit last block is recomputed.
-    assert_eq!((b.seqs[1].token_ids.len(), b.seqs[1].context_len), (4, 8));
-    assert_eq!(b.seqs[1].block_table[0], b.seqs[0].block_table[0]);
+    let first = b.seqs.iter().find(|x| x.seq_id == 1).unwrap();
+    let third = b.seqs.iter().find(|x| x.seq_id == 3).unwrap();
+    assert_eq!((third.token_ids.len(), third.context_len), (4, 8));
+    assert_eq!(third.block_table[0], first.block_table[0]);
 }
 
 #[test]
