@@ -41,7 +41,6 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       pdl) env=(); extra=() ;;
       nopdl) env=(KESTREL_PDL=0); extra=() ;;
       nofuse) env=(KESTREL_FUSE_NORM=0); extra=() ;;
-      warp1) env=(KESTREL_GEMV_T1=warp); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;

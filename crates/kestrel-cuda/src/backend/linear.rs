@@ -4,14 +4,14 @@
 //! it (prefill: cuBLAS's beta = 1, one kernel fewer per projection).
 
 use cudarc::driver::DevicePtr;
+use kestrel::backend::Backend;
 use kestrel::{KestrelError, Result};
 
 use super::tensor::{CudaMatrix, CudaTensor, CudaVector};
 use super::{be, CudaBackend};
 use crate::ops::elementwise::bias_add;
 use crate::ops::gemm::{gemm_bf16, gemm_bf16_accumulate};
-use crate::ops::gemv::{fused_norm_fits, gemv_bf16, gemv_bf16_fused, Accumulate, GemvNorm};
-use crate::ops::norm::rms_norm;
+use crate::ops::gemv::{fused_norm_fits, gemv_bf16_fused, Accumulate, GemvNorm};
 use crate::ops::silu_mul::silu_mul;
 
 /// The most weight rows a GEMV takes the RMSNorm fused in front: every block recomputes the norm,
@@ -41,7 +41,58 @@ fn check_inner(x: &CudaTensor, w: &CudaMatrix) -> Result<()> {
     Ok(())
 }
 
+fn check_bias(bias: Option<&CudaVector>, w: &CudaMatrix) -> Result<()> {
+    match bias {
+        Some(b) if b.len() != w.rows => Err(KestrelError::Backend(format!(
+            "bias of {} for a weight of {} rows",
+            b.len(),
+            w.rows
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_gate_up(gate_up: &CudaMatrix) -> Result<()> {
+    if gate_up.rows.is_multiple_of(2) {
+        Ok(())
+    } else {
+        Err(KestrelError::Backend(format!(
+            "gate_up has {} rows, not gate and up of equal size",
+            gate_up.rows
+        )))
+    }
+}
+
 impl CudaBackend {
+    /// The decode GEMV (1..=8 tokens) into `y`: `[rms_norm(x) with norm] · wᵀ (+ bias)`, finished as
+    /// `mode` says (`y` is `[x.rows, w.rows]`, or `[x.rows, w.rows / 2]` for SwiGLU).
+    fn gemv_into(
+        &self,
+        x: &CudaTensor,
+        norm: Option<(&CudaVector, f32)>,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        mode: Accumulate,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let norm = norm.map(|(n, eps)| GemvNorm {
+            weight: &n.data,
+            eps,
+        });
+        let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
+        gemv_bf16_fused(
+            self.device(),
+            &x.data,
+            norm,
+            &w.data,
+            bias,
+            w.cols,
+            &mut y.data,
+            mode,
+        )
+        .map_err(be)
+    }
+
     /// `x · wᵀ (+ bias)` as a new bf16 tensor `[x.rows, w.rows]`.
     pub(crate) fn linear(
         &self,
@@ -50,31 +101,13 @@ impl CudaBackend {
         bias: Option<&CudaVector>,
     ) -> Result<CudaTensor> {
         check_inner(x, w)?;
-        if let Some(b) = bias {
-            if b.len() != w.rows {
-                return Err(KestrelError::Backend(format!(
-                    "bias of {} for a weight of {} rows",
-                    b.len(),
-                    w.rows
-                )));
-            }
-        }
-        let dev = self.device();
+        check_bias(bias, w)?;
         let mut y = self.tensor(x.rows, w.rows)?;
         if x.rows <= GEMV_MAX_TOKENS {
-            let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
-            gemv_bf16(
-                dev,
-                &x.data,
-                &w.data,
-                bias,
-                w.cols,
-                &mut y.data,
-                Accumulate::Overwrite,
-            )
-            .map_err(be)?;
+            self.gemv_into(x, None, w, bias, Accumulate::Overwrite, &mut y)?;
             return Ok(y);
         }
+        let dev = self.device();
         let guard = self.blas()?;
         let blas = guard.as_ref().expect("created by blas()");
         match bias {
@@ -103,16 +136,7 @@ impl CudaBackend {
             )));
         }
         if x.rows <= GEMV_MAX_TOKENS {
-            return gemv_bf16(
-                self.device(),
-                &x.data,
-                &w.data,
-                None,
-                w.cols,
-                &mut residual.data,
-                Accumulate::AddToOutput,
-            )
-            .map_err(be);
+            return self.gemv_into(x, None, w, None, Accumulate::AddToOutput, residual);
         }
         let guard = self.blas()?;
         let blas = guard.as_ref().expect("created by blas()");
@@ -128,7 +152,7 @@ impl CudaBackend {
     }
 
     /// `rms_norm(x) · wᵀ (+ bias)`: one fused GEMV launch for a few tokens, a norm kernel and the
-    /// GEMM for more.
+    /// matmul otherwise.
     pub(crate) fn norm_linear(
         &self,
         x: &CudaTensor,
@@ -138,36 +162,12 @@ impl CudaBackend {
         bias: Option<&CudaVector>,
     ) -> Result<CudaTensor> {
         check_inner(x, w)?;
+        check_bias(bias, w)?;
         if !fuse_norm(x.rows, x.cols, w.rows) {
-            let normed = self.rms_norm_plain(x, norm, eps)?;
-            return self.linear(&normed, w, bias);
-        }
-        if let Some(b) = bias {
-            if b.len() != w.rows {
-                return Err(KestrelError::Backend(format!(
-                    "bias of {} for a weight of {} rows",
-                    b.len(),
-                    w.rows
-                )));
-            }
+            return self.linear(&self.rms_norm(x, norm, eps)?, w, bias);
         }
         let mut y = self.tensor(x.rows, w.rows)?;
-        let gnorm = GemvNorm {
-            weight: &norm.data,
-            eps,
-        };
-        let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
-        gemv_bf16_fused(
-            self.device(),
-            &x.data,
-            Some(gnorm),
-            &w.data,
-            bias,
-            w.cols,
-            &mut y.data,
-            Accumulate::Overwrite,
-        )
-        .map_err(be)?;
+        self.gemv_into(x, Some((norm, eps)), w, bias, Accumulate::Overwrite, &mut y)?;
         Ok(y)
     }
 
@@ -180,67 +180,38 @@ impl CudaBackend {
         gate_up: &CudaMatrix,
     ) -> Result<CudaTensor> {
         check_inner(x, gate_up)?;
+        check_gate_up(gate_up)?;
         if !fuse_norm(x.rows, x.cols, gate_up.rows) {
-            let normed = self.rms_norm_plain(x, norm, eps)?;
-            return self.gate_up_silu_impl(&normed, gate_up);
+            return self.gate_up_silu_impl(&self.rms_norm(x, norm, eps)?, gate_up);
         }
-        let inter = gate_up.rows / 2;
-        let mut y = self.tensor(x.rows, inter)?;
-        let gnorm = GemvNorm {
-            weight: &norm.data,
-            eps,
-        };
-        gemv_bf16_fused(
-            self.device(),
-            &x.data,
-            Some(gnorm),
-            &gate_up.data,
+        let mut y = self.tensor(x.rows, gate_up.rows / 2)?;
+        self.gemv_into(
+            x,
+            Some((norm, eps)),
+            gate_up,
             None,
-            gate_up.cols,
-            &mut y.data,
             Accumulate::SwiGlu,
-        )
-        .map_err(be)?;
+            &mut y,
+        )?;
         Ok(y)
     }
 
-    fn rms_norm_plain(&self, x: &CudaTensor, norm: &CudaVector, eps: f32) -> Result<CudaTensor> {
-        let mut out = self.tensor(x.rows, x.cols)?;
-        rms_norm(self.device(), &x.data, &norm.data, eps, &mut out.data).map_err(be)?;
-        Ok(out)
-    }
-
-    /// `silu(x · gateᵀ) * (x · upᵀ)` over the merged gate/up weight.
+    /// `silu(x · gateᵀ) * (x · upᵀ)` over the merged gate/up weight: the GEMV's SwiGLU epilogue for
+    /// a few tokens, the matmul and a SiLU·mul kernel otherwise.
     pub(crate) fn gate_up_silu_impl(
         &self,
         x: &CudaTensor,
         gate_up: &CudaMatrix,
     ) -> Result<CudaTensor> {
-        if !gate_up.rows.is_multiple_of(2) {
-            return Err(KestrelError::Backend(format!(
-                "gate_up has {} rows, not gate and up of equal size",
-                gate_up.rows
-            )));
-        }
+        check_inner(x, gate_up)?;
+        check_gate_up(gate_up)?;
         let inter = gate_up.rows / 2;
+        let mut out = self.tensor(x.rows, inter)?;
         if x.rows <= GEMV_MAX_TOKENS {
-            check_inner(x, gate_up)?;
-            let mut y = self.tensor(x.rows, inter)?;
-            gemv_bf16_fused(
-                self.device(),
-                &x.data,
-                None,
-                &gate_up.data,
-                None,
-                gate_up.cols,
-                &mut y.data,
-                Accumulate::SwiGlu,
-            )
-            .map_err(be)?;
-            return Ok(y);
+            self.gemv_into(x, None, gate_up, None, Accumulate::SwiGlu, &mut out)?;
+            return Ok(out);
         }
         let gu = self.linear(x, gate_up, None)?;
-        let mut out = self.tensor(x.rows, inter)?;
         silu_mul(self.device(), &gu.data, inter, &mut out.data).map_err(be)?;
         Ok(out)
     }

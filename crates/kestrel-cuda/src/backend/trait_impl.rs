@@ -17,7 +17,7 @@ use super::{be, CudaBackend};
 use crate::dtype::{to_f32, Bf16};
 use crate::ops::argmax::argmax;
 use crate::ops::embedding::embedding;
-use crate::ops::norm::{add_rms_norm, rms_norm};
+use crate::ops::norm::rms_norm;
 
 fn check(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
@@ -158,28 +158,6 @@ impl Backend for CudaBackend {
         check("rms_norm weight", weight.len(), x.cols)?;
         let mut out = self.tensor(x.rows, x.cols)?;
         rms_norm(self.device(), &x.data, &weight.data, eps, &mut out.data).map_err(be)?;
-        Ok(out)
-    }
-
-    fn add_rms_norm(
-        &self,
-        residual: &mut CudaTensor,
-        x: &CudaTensor,
-        weight: &CudaVector,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        check("add_rms_norm weight", weight.len(), x.cols)?;
-        check("residual", residual.data.len(), x.data.len())?;
-        let mut out = self.tensor(x.rows, x.cols)?;
-        add_rms_norm(
-            self.device(),
-            &mut residual.data,
-            &x.data,
-            &weight.data,
-            eps,
-            &mut out.data,
-        )
-        .map_err(be)?;
         Ok(out)
     }
 

@@ -3,7 +3,7 @@
 use crate::dtype::Bf16;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::{expect_len, launch, shape_error, to_i32, Arg};
+use super::{expect_len, launch, logits_rows, to_i32, Arg};
 use crate::compile::ARGMAX;
 use crate::{CudaDevice, Result};
 
@@ -16,16 +16,7 @@ pub fn argmax(
     out: &mut impl DevicePtrMut<u32>,
 ) -> Result<()> {
     const OP: &str = "argmax";
-    if cols == 0 || !logits.len().is_multiple_of(cols) {
-        return Err(shape_error(
-            OP,
-            format!(
-                "row length {cols} must be non-zero and divide the logits' {} elements",
-                logits.len()
-            ),
-        ));
-    }
-    let rows = logits.len() / cols;
+    let rows = logits_rows(OP, logits.len(), cols)?;
     expect_len(OP, "out", out.len(), rows)?;
     if rows == 0 {
         return Ok(());

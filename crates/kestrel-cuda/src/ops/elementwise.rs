@@ -1,4 +1,5 @@
-//! Element-wise epilogues of the prefill matmuls: bias add (from the GEMM's f32 output) and residual add.
+//! Element-wise epilogue of the prefill matmuls: the bias add (from the GEMM's f32 output). The
+//! residual add is cuBLAS's beta = 1 (ops::gemm::gemm_bf16_accumulate).
 
 use crate::dtype::Bf16;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
@@ -55,28 +56,5 @@ pub fn bias_add(
             Arg::I32(to_i32(OP, "rows", rows)?),
             Arg::I32(to_i32(OP, "cols", cols)?),
         ],
-    )
-}
-
-/// `residual = bf16(residual + x)`, element by element.
-pub fn residual_add(
-    dev: &CudaDevice,
-    residual: &mut impl DevicePtrMut<Bf16>,
-    x: &impl DevicePtr<Bf16>,
-) -> Result<()> {
-    const OP: &str = "residual_add";
-    expect_len(OP, "x", x.len(), residual.len())?;
-    if x.len() == 0 {
-        return Ok(());
-    }
-    let s = dev.stream();
-    let (xp, _gx) = x.device_ptr(s);
-    let (r, _gr) = residual.device_ptr_mut(s);
-    launch(
-        dev,
-        &ELEMENTWISE,
-        "residual_add_bf16",
-        grid_stride(x.len()),
-        &[Arg::Ptr(r), Arg::Ptr(xp), Arg::I64(x.len() as i64)],
     )
 }

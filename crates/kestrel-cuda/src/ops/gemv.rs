@@ -76,12 +76,6 @@ pub fn auto_k_split(weight_rows: usize, in_features: usize) -> usize {
     ks
 }
 
-/// Whether unfused one-token GEMVs take the warp-rows kernel (`KESTREL_GEMV_T1=warp`, to measure).
-fn warp_rows_for_one_token() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KESTREL_GEMV_T1").is_ok_and(|v| v == "warp"))
-}
-
 /// What to do with the existing contents of `y`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accumulate {
@@ -263,9 +257,6 @@ fn gemv_impl(
     expect_aligned16(OP, "w", wp)?;
     // k_split 0: chosen below, once the kernel's occupancy is known
     let kernel = match kernel {
-        GemvKernel::Auto if tokens == 1 && !fused && warp_rows_for_one_token() => {
-            GemvKernel::WarpRows
-        }
         GemvKernel::Auto if tokens <= TILED_MAX_TOKENS => GemvKernel::Tiled { k_split: 0 },
         GemvKernel::Auto => GemvKernel::WarpRows,
         k => k,

@@ -23,7 +23,6 @@ use crate::{CudaDevice, CudaError, Result};
 pub(crate) enum Arg {
     Ptr(CUdeviceptr),
     I32(i32),
-    I64(i64),
     U32(u32),
     F32(f32),
 }
@@ -50,7 +49,6 @@ pub(crate) fn launch(
         match a {
             Arg::Ptr(p) => b.arg(p),
             Arg::I32(v) => b.arg(v),
-            Arg::I64(v) => b.arg(v),
             Arg::U32(v) => b.arg(v),
             Arg::F32(v) => b.arg(v),
         };
@@ -85,7 +83,6 @@ unsafe fn launch_pdl(
         .map(|a| match *a {
             Arg::Ptr(p) => p,
             Arg::I32(v) => v as u32 as u64,
-            Arg::I64(v) => v as u64,
             Arg::U32(v) => v as u64,
             Arg::F32(v) => v.to_bits() as u64,
         })
@@ -147,6 +144,17 @@ pub(crate) fn expect_aligned16(op: &'static str, what: &str, ptr: CUdeviceptr) -
             format!("{what} at device address {ptr:#x} is not 16-byte aligned"),
         ))
     }
+}
+
+/// Rows of a logits buffer of `len` elements with rows of `cols`, refusing lengths that don't divide.
+pub(crate) fn logits_rows(op: &'static str, len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || !len.is_multiple_of(cols) {
+        return Err(shape_error(
+            op,
+            format!("row length {cols} must be non-zero and divide the logits' {len} elements"),
+        ));
+    }
+    Ok(len / cols)
 }
 
 /// Converts a size to the kernel's `int`, refusing sizes that don't fit.

@@ -53,15 +53,6 @@ pub trait Backend: Send + Sync {
     fn embed(&self, table: &Self::Matrix, tokens: &[u32]) -> Result<Self::Tensor>;
     /// RMSNorm of each row times `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
-    /// `residual += x`, then returns the RMSNorm of each row of the new residual times `weight` (the
-    /// decoder layer's add + norm, with the residual stream carried alongside).
-    fn add_rms_norm(
-        &self,
-        residual: &mut Self::Tensor,
-        x: &Self::Tensor,
-        weight: &Self::Vector,
-        eps: f32,
-    ) -> Result<Self::Tensor>;
     /// `x · wᵀ (+ bias)`.
     fn matmul(
         &self,

@@ -129,22 +129,6 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn add_rms_norm(
-        &self,
-        residual: &mut CpuTensor,
-        x: &CpuTensor,
-        weight: &Vec<f32>,
-        eps: f32,
-    ) -> Result<CpuTensor> {
-        check_len("residual", residual.data.len(), x.data.len())?;
-        residual
-            .data
-            .iter_mut()
-            .zip(&x.data)
-            .for_each(|(r, x)| *r += x);
-        self.rms_norm(residual, weight, eps)
-    }
-
     fn matmul(&self, x: &CpuTensor, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<CpuTensor> {
         let mut out = w.matmul(x)?;
         if let Some(b) = bias {
