@@ -67,6 +67,29 @@ pub const ALL_KERNELS: &[Kernel] = &[
 
 const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../kernels/common.cuh"));
 
+/// Developers: with `KESTREL_KERNEL_DIR=dir`, `dir/<file>` (where it exists) is compiled instead of the
+/// source built into the binary, so a kernel variant can be timed against the built-in one in the
+/// same GPU session without rebuilding. The disk cache is keyed by the source either way.
+fn source_of(file: &str, built_in: &'static str) -> std::borrow::Cow<'static, str> {
+    if let Some(dir) = std::env::var_os("KESTREL_KERNEL_DIR") {
+        if let Ok(text) = std::fs::read_to_string(Path::new(&dir).join(file)) {
+            return text.into();
+        }
+    }
+    built_in.into()
+}
+
+impl Kernel {
+    /// This kernel's source as it will be compiled (see [`source_of`]).
+    pub fn effective_source(&self) -> std::borrow::Cow<'static, str> {
+        source_of(self.file, self.source)
+    }
+}
+
+fn common_header() -> std::borrow::Cow<'static, str> {
+    source_of(COMMON_HEADER.0, COMMON_HEADER.1)
+}
+
 /// A real GPU architecture such as `sm_80`, `sm_90` or `sm_90a`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Arch(String);
@@ -170,7 +193,8 @@ impl Compiler {
     /// `<kernel stem>-<arch>-<sha256 prefix>.cubin`
     pub fn cache_name(&self, kernel: &Kernel, arch: &Arch, options: &[String]) -> String {
         let mut h = Sha256::new();
-        for part in [kernel.source, COMMON_HEADER.1, arch.as_str()] {
+        let (source, header) = (kernel.effective_source(), common_header());
+        for part in [&*source, &*header, arch.as_str()] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -280,9 +304,9 @@ impl Drop for Program {
 fn compile_cubin(kernel: &Kernel, options: &[String]) -> Result<Vec<u8>> {
     load_nvrtc()?;
     let cstr = |s: &str| CString::new(s).map_err(|_| CudaError::Nvrtc(format!("NUL in {s:?}")));
-    let src = cstr(kernel.source)?;
+    let src = cstr(&kernel.effective_source())?;
     let name = cstr(kernel.file)?;
-    let header_src = cstr(COMMON_HEADER.1)?;
+    let header_src = cstr(&common_header())?;
     let header_name = cstr(COMMON_HEADER.0)?;
     let headers = [header_src.as_ptr()];
     let include_names = [header_name.as_ptr()];
