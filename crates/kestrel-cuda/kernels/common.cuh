@@ -76,3 +76,68 @@ __device__ __forceinline__ void pdl_enter() {
 __device__ __forceinline__ void prefetch_l2(const void *p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
+
+// One warp normalises (Qwen3's per-head RMSNorm; skipped when norm is null, as in Qwen2) and rotates
+// (neox RoPE at position pos) one head of head_dim values at src into dst; with v_src, it also copies
+// the head at v_src to v_dst. Every load is issued before any arithmetic, so the whole job is one
+// memory round trip. Numerics: the norm rounds as HF's Qwen3RMSNorm (n = bf16(x * rsqrt(var + eps)),
+// bf16(w * n)); RoPE rotates those bf16 values in f32 with the angle computed as HF does (f32 pos *
+// inv_freq) and accurate sin/cos, and rounds once (HF rounds cos/sin and each product to bf16; rounding
+// once is closer to HF's float32 run, which the parity test measures).
+// head_dim % 16 == 0 and <= 256: lane l holds rotation pairs l, l + 32, ... below head_dim / 2.
+#define NORM_ROPE_MAX_PAIRS 4
+__device__ __forceinline__ void norm_rope_head(bf16 *__restrict__ dst, const bf16 *__restrict__ src,
+                                               const float *__restrict__ norm, float eps, float pos,
+                                               const float *__restrict__ inv_freq, int head_dim,
+                                               bf16 *__restrict__ v_dst, const bf16 *__restrict__ v_src) {
+    const int lane = threadIdx.x & 31, half = head_dim / 2;
+    float a[NORM_ROPE_MAX_PAIRS], b[NORM_ROPE_MAX_PAIRS], wa[NORM_ROPE_MAX_PAIRS], wb[NORM_ROPE_MAX_PAIRS],
+        freq[NORM_ROPE_MAX_PAIRS], v_vals[2 * NORM_ROPE_MAX_PAIRS];
+#pragma unroll
+    for (int j = 0; j < NORM_ROPE_MAX_PAIRS; ++j) {
+        const int i = lane + 32 * j;
+        if (i < half) {
+            a[j] = __bfloat162float(src[i]);
+            b[j] = __bfloat162float(src[i + half]);
+            freq[j] = inv_freq[i];
+            if (norm != nullptr) {
+                wa[j] = norm[i];
+                wb[j] = norm[i + half];
+            }
+        }
+    }
+    if (v_src != nullptr) {
+#pragma unroll
+        for (int j = 0; j < 2 * NORM_ROPE_MAX_PAIRS; ++j)
+            if (lane + 32 * j < head_dim) v_vals[j] = __bfloat162float(v_src[lane + 32 * j]);
+    }
+    if (norm != nullptr) {
+        float sum_sq = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NORM_ROPE_MAX_PAIRS; ++j)
+            if (lane + 32 * j < half) sum_sq += a[j] * a[j] + b[j] * b[j];
+        const float inv = rsqrtf(warp_sum(sum_sq) / (float)head_dim + eps);
+#pragma unroll
+        for (int j = 0; j < NORM_ROPE_MAX_PAIRS; ++j) {
+            if (lane + 32 * j < half) {
+                a[j] = round_bf16(wa[j] * round_bf16(a[j] * inv));
+                b[j] = round_bf16(wb[j] * round_bf16(b[j] * inv));
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NORM_ROPE_MAX_PAIRS; ++j) {
+        if (lane + 32 * j < half) {
+            const int i = lane + 32 * j;
+            float s, c;
+            sincosf(pos * freq[j], &s, &c);
+            dst[i] = __float2bfloat16(a[j] * c - b[j] * s);
+            dst[i + half] = __float2bfloat16(b[j] * c + a[j] * s);
+        }
+    }
+    if (v_src != nullptr) {
+#pragma unroll
+        for (int j = 0; j < 2 * NORM_ROPE_MAX_PAIRS; ++j)
+            if (lane + 32 * j < head_dim) v_dst[lane + 32 * j] = __float2bfloat16(v_vals[j]);
+    }
+}

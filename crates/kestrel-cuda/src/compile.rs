@@ -4,9 +4,9 @@
 //! Invariants:
 //! - Kernels are compiled without `--use_fast_math` (the numerics contract: accurate `expf`, `sincosf`,
 //!   IEEE division and square roots), as C++17, with the CUDA headers (cuda_bf16.h ...) on the include
-//!   path and `common.cuh` given to NVRTC as an in-memory header.
+//!   path and the shared headers (`common.cuh`, `attention_decode.cuh`) given to NVRTC in memory.
 //! - A cache entry's name is the SHA-256 of everything that decides its bytes: the kernel source, the
-//!   shared header, the architecture, the options (include path included) and NVRTC's version. Entries
+//!   shared headers, the architecture, the options (include path included) and NVRTC's version. Entries
 //!   are written to a temporary file and renamed, so a reader never sees half an entry.
 //! - Only real architectures (`sm_XY`, `sm_XYa`) are accepted: NVRTC then emits CUBIN, which loads with
 //!   no JIT step and no PTX-version mismatch with the driver.
@@ -45,6 +45,7 @@ pub const SILU_MUL: Kernel = kernel!("silu_mul.cu");
 pub const GEMV_BF16: Kernel = kernel!("gemv_bf16.cu");
 pub const GEMV_TILED: Kernel = kernel!("gemv_tiled.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
+pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
 pub const ARGMAX: Kernel = kernel!("argmax.cu");
 pub const ELEMENTWISE: Kernel = kernel!("elementwise.cu");
@@ -62,10 +63,18 @@ pub const ALL_KERNELS: &[Kernel] = &[
     SAMPLING,
     ELEMENTWISE,
     ATTENTION_DECODE,
+    ATTENTION_DECODE_QK,
     ATTENTION_PREFILL,
 ];
 
-const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../kernels/common.cuh"));
+/// Headers every kernel may include: (name, built-in source).
+pub(crate) const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../kernels/common.cuh")),
+    (
+        "attention_decode.cuh",
+        include_str!("../kernels/attention_decode.cuh"),
+    ),
+];
 
 /// Developers: with `KESTREL_KERNEL_DIR=dir`, `dir/<file>` (where it exists) is compiled instead of the
 /// source built into the binary, so a kernel variant can be timed against the built-in one in the
@@ -86,8 +95,12 @@ impl Kernel {
     }
 }
 
-fn common_header() -> std::borrow::Cow<'static, str> {
-    source_of(COMMON_HEADER.0, COMMON_HEADER.1)
+/// Each shared header's source as it will be compiled.
+fn headers() -> Vec<(&'static str, std::borrow::Cow<'static, str>)> {
+    HEADERS
+        .iter()
+        .map(|&(name, built_in)| (name, source_of(name, built_in)))
+        .collect()
 }
 
 /// A real GPU architecture such as `sm_80`, `sm_90` or `sm_90a`.
@@ -193,8 +206,11 @@ impl Compiler {
     /// `<kernel stem>-<arch>-<sha256 prefix>.cubin`
     pub fn cache_name(&self, kernel: &Kernel, arch: &Arch, options: &[String]) -> String {
         let mut h = Sha256::new();
-        let (source, header) = (kernel.effective_source(), common_header());
-        for part in [&*source, &*header, arch.as_str()] {
+        let (source, headers) = (kernel.effective_source(), headers());
+        let parts = std::iter::once(&*source)
+            .chain(headers.iter().map(|(_, h)| &**h))
+            .chain(std::iter::once(arch.as_str()));
+        for part in parts {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -306,10 +322,17 @@ fn compile_cubin(kernel: &Kernel, options: &[String]) -> Result<Vec<u8>> {
     let cstr = |s: &str| CString::new(s).map_err(|_| CudaError::Nvrtc(format!("NUL in {s:?}")));
     let src = cstr(&kernel.effective_source())?;
     let name = cstr(kernel.file)?;
-    let header_src = cstr(&common_header())?;
-    let header_name = cstr(COMMON_HEADER.0)?;
-    let headers = [header_src.as_ptr()];
-    let include_names = [header_name.as_ptr()];
+    let header_list = headers();
+    let header_srcs = header_list
+        .iter()
+        .map(|(_, h)| cstr(h))
+        .collect::<Result<Vec<_>>>()?;
+    let header_names = header_list
+        .iter()
+        .map(|(n, _)| cstr(n))
+        .collect::<Result<Vec<_>>>()?;
+    let headers: Vec<*const c_char> = header_srcs.iter().map(|h| h.as_ptr()).collect();
+    let include_names: Vec<*const c_char> = header_names.iter().map(|n| n.as_ptr()).collect();
     let mut prog = Program(std::ptr::null_mut());
     // SAFETY: every pointer refers to a live NUL-terminated string for the duration of the call.
     check(
@@ -318,7 +341,7 @@ fn compile_cubin(kernel: &Kernel, options: &[String]) -> Result<Vec<u8>> {
                 &mut prog.0,
                 src.as_ptr(),
                 name.as_ptr(),
-                1,
+                headers.len() as c_int,
                 headers.as_ptr(),
                 include_names.as_ptr(),
             )
@@ -420,12 +443,9 @@ mod tests {
             .collect();
         on_disk.sort();
         assert_eq!(on_disk, files, "kernels/*.cu and ALL_KERNELS differ");
-        for k in ALL_KERNELS {
-            assert!(
-                k.source.lines().count() < 300,
-                "{} is over 300 lines",
-                k.file
-            );
+        let sources = ALL_KERNELS.iter().map(|k| (k.file, k.source));
+        for (file, source) in sources.chain(HEADERS.iter().copied()) {
+            assert!(source.lines().count() < 300, "{file} is over 300 lines");
         }
     }
 }

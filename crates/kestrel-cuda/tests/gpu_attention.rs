@@ -1,4 +1,5 @@
-//! Paged attention (decode split-K path and prefill tile path) against a plain f64 CPU reference
+//! Paged attention (decode split-K path and prefill tile path) against a plain f64 CPU reference, and
+//! the fused decode variant (q/k norm + RoPE + cache write inside) against the two launches it replaces
 //! over the same paged layout. Block tables are shuffled and non-contiguous; every cache slot not
 //! holding a key of its sequence (the tail of a last block, spare blocks, the block named by unused
 //! table entries) is NaN, and so are the output and the workspace before each run, so a read outside
@@ -19,8 +20,10 @@ use std::sync::OnceLock;
 use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::attention::{
-    attention_counters_len, attention_workspace_len, paged_attention, AttnBatch, AttnShape,
+    attention_counters_len, attention_workspace_len, paged_attention, paged_decode_attention_qk,
+    AttnBatch, AttnShape,
 };
+use kestrel_cuda::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 use kestrel_cuda::{Bf16, CudaDevice, CudaError};
 
 fn device() -> Option<&'static CudaDevice> {
@@ -479,4 +482,160 @@ fn launch_with(
         &mut out,
     )?;
     dev.synchronize()
+}
+
+/// Qwen3-like q/k norm weights: k's gains reach ~96 (real Qwen3 k_norm), so any rounding difference
+/// before them would show.
+fn norm_weights(rng: &mut Rng, hd: usize, peak: f32) -> Vec<f32> {
+    (0..hd)
+        .map(|i| {
+            let w = 0.5 + 1.5 * rng.uniform() as f32;
+            if i % 17 == 3 {
+                peak * w / 2.0
+            } else {
+                w
+            }
+        })
+        .collect()
+}
+
+/// The fused decode kernel (q/k norm + RoPE + cache write inside attention) against the two launches
+/// it replaces, on the same inputs: the attention output and both caches must be bit-identical, so
+/// a decode step computes exactly what a mixed (unfused) step would.
+fn check_fused_qk(
+    dev: &CudaDevice,
+    rng: &mut Rng,
+    what: &str,
+    heads: Heads,
+    seqs: &[(usize, usize)],
+    partitions: usize,
+    with_norms: bool,
+) {
+    let (nh, nkv, hd) = heads;
+    let b = Batch::new(rng, heads, 16, seqs);
+    let n = b.num_tokens();
+    let row = (nh + 2 * nkv) * hd;
+    let qkv = upload(dev, &to_bf16(&rng.activations(n * row)));
+    let (mut positions, mut slots) = (Vec::new(), Vec::new());
+    let mb = b.shape.max_blocks_per_seq;
+    for (s, &(qlen, ctx)) in seqs.iter().enumerate() {
+        if qlen == 1 {
+            let pos = ctx - 1;
+            positions.push(pos as u32);
+            slots.push(b.block_tables[s * mb + pos / 16] * 16 + (pos % 16) as u32);
+        }
+    }
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| (1.0 / 1_000_000f64.powf(2.0 * i as f64 / hd as f64)) as f32)
+        .collect();
+    let (q_norm, k_norm) = (norm_weights(rng, hd, 2.0), norm_weights(rng, hd, 96.0));
+    let (pos_d, slots_d, inv_d) = (
+        upload(dev, &positions),
+        upload(dev, &slots),
+        upload(dev, &inv_freq),
+    );
+    let (qn_d, kn_d) = (upload(dev, &q_norm), upload(dev, &k_norm));
+    let inputs = QkNormRopeInputs {
+        qkv: &qkv,
+        positions: &pos_d,
+        slot_mapping: &slots_d,
+        inv_freq: &inv_d,
+        q_norm: with_norms.then_some(&qn_d),
+        k_norm: with_norms.then_some(&kn_d),
+        rms_norm_eps: 1e-6,
+    };
+    let (cu, ctx, bt) = (
+        upload(dev, &b.cu_seqlens),
+        upload(dev, &b.context_lens),
+        upload(dev, &b.block_tables),
+    );
+    let batch = AttnBatch {
+        num_seqs: seqs.len(),
+        num_tokens: n,
+        max_query_len: 1,
+        cu_seqlens_q: &cu,
+        context_lens: &ctx,
+        block_tables: &bt,
+    };
+    let ws_len = attention_workspace_len(&b.shape, seqs.len(), partitions).max(1);
+    let n_counters = attention_counters_len(&b.shape, seqs.len()).max(1);
+    let mut outs = Vec::new();
+    for fused in [false, true] {
+        let mut k = upload(dev, &to_bf16(&b.k));
+        let mut v = upload(dev, &to_bf16(&b.v));
+        let mut ws = upload(dev, &vec![f32::NAN; ws_len]);
+        let mut counters = upload(dev, &vec![0u32; n_counters]);
+        let mut out = upload(dev, &vec![Bf16::NAN; n * nh * hd]);
+        if fused {
+            paged_decode_attention_qk(
+                dev,
+                &b.shape,
+                &batch,
+                partitions,
+                &inputs,
+                &mut k,
+                &mut v,
+                &mut ws,
+                &mut counters,
+                &mut out,
+            )
+            .unwrap();
+        } else {
+            let mut q = upload(dev, &vec![Bf16::NAN; n * nh * hd]);
+            let shape = HeadShape {
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+            };
+            qk_norm_rope_kv(dev, shape, &inputs, &mut q, &mut k, &mut v).unwrap();
+            paged_attention(
+                dev,
+                &b.shape,
+                &batch,
+                partitions,
+                &q,
+                &k,
+                &v,
+                &mut ws,
+                &mut counters,
+                &mut out,
+            )
+            .unwrap();
+        }
+        let bits = |x: &CudaSlice<Bf16>| -> Vec<u16> {
+            dev.stream()
+                .clone_dtoh(x)
+                .unwrap()
+                .iter()
+                .map(|h| h.0.to_bits())
+                .collect()
+        };
+        outs.push((bits(&out), bits(&k), bits(&v)));
+    }
+    let (unfused, fused) = (&outs[0], &outs[1]);
+    assert!(
+        unfused.0 == fused.0,
+        "{what}: fused attention output differs"
+    );
+    assert!(unfused.1 == fused.1, "{what}: fused k cache differs");
+    assert!(unfused.2 == fused.2, "{what}: fused v cache differs");
+}
+
+#[test]
+fn fused_qk_decode_matches_the_two_launches() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new("attention fused qk");
+    let mut seqs = vec![(1, 1), (1, 64), (1, 65), (0, 9), (1, 1500)];
+    seqs.extend(decodes(&mut rng, 4, 2000));
+    for (heads, norms) in [
+        (QWEN3_06B, true),
+        (QWEN3_4B, true),
+        ((16, 2, 128), true), // group 8
+        ((14, 2, 64), false), // Qwen2-0.5B: group 7, no q/k norms
+    ] {
+        for partitions in [1, 4, 32] {
+            let what = format!("heads {heads:?}, {partitions} partitions");
+            check_fused_qk(dev, &mut rng, &what, heads, &seqs, partitions, norms);
+        }
+    }
 }

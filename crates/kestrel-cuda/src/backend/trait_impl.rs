@@ -228,6 +228,17 @@ impl Backend for CudaBackend {
         self.attention_impl(q, p, meta, cache, layer)
     }
 
+    fn qk_norm_rope_attention(
+        &self,
+        qkv: &CudaTensor,
+        p: &AttnParams<'_, CudaVector>,
+        meta: &CudaMetadata,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<CudaTensor> {
+        self.qk_norm_rope_attention_impl(qkv, p, meta, cache, layer)
+    }
+
     fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
         // A gather of rows is the embedding lookup with `x` as the table.
         let ids = row_ids(rows.iter().copied(), x.rows, "row")?;

@@ -15,12 +15,13 @@
 //! - f32 scores, softmax (running max, `expf`) and P.V accumulation; the output is rounded to bf16
 //!   once.
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::sys::{CUdeviceptr, CUfunction_attribute_enum};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::{expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
-use crate::compile::{ATTENTION_DECODE, ATTENTION_PREFILL};
+use crate::compile::{ATTENTION_DECODE, ATTENTION_DECODE_QK, ATTENTION_PREFILL};
 use crate::dtype::Bf16;
+use crate::ops::qk_norm_rope_kv::QkNormRopeInputs;
 use crate::{CudaDevice, CudaError, Result};
 
 /// The attention layer's geometry and the paged cache's.
@@ -107,6 +108,167 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     counters: &mut impl DevicePtrMut<u32>,
     out: &mut impl DevicePtrMut<Bf16>,
 ) -> Result<()> {
+    let lens = (
+        k_cache.len(),
+        v_cache.len(),
+        workspace.len(),
+        counters.len(),
+        out.len(),
+    );
+    let s = dev.stream();
+    let (qp, _gq) = q.device_ptr(s);
+    let (kp, _gk) = k_cache.device_ptr(s);
+    let (vp, _gv) = v_cache.device_ptr(s);
+    let (wp, _gw) = workspace.device_ptr_mut(s);
+    let (cp, _gc) = counters.device_ptr_mut(s);
+    let (op, _go) = out.device_ptr_mut(s);
+    let bufs = Buffers {
+        k: (kp, lens.0),
+        v: (vp, lens.1),
+        workspace: (wp, lens.2),
+        counters: (cp, lens.3),
+        out: (op, lens.4),
+    };
+    run(
+        dev,
+        shape,
+        batch,
+        max_partitions,
+        Queries::Given(qp, q.len()),
+        &bufs,
+    )
+}
+
+/// [`paged_attention`] for a decode step (`max_query_len == 1`) whose queries are still raw rows of
+/// the QKV projection (`inputs.qkv`): the kernel applies the q/k RMSNorm and RoPE exactly as
+/// [`crate::ops::qk_norm_rope_kv::qk_norm_rope_kv`] does and writes each new key and value into the
+/// caches at `inputs.slot_mapping` before attending, so a decode layer needs no launch for that.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_attention_qk<U, Q, P, S, F, N>(
+    dev: &CudaDevice,
+    shape: &AttnShape,
+    batch: &AttnBatch<'_, U>,
+    max_partitions: usize,
+    inputs: &QkNormRopeInputs<'_, Q, P, S, F, N>,
+    k_cache: &mut impl DevicePtrMut<Bf16>,
+    v_cache: &mut impl DevicePtrMut<Bf16>,
+    workspace: &mut impl DevicePtrMut<f32>,
+    counters: &mut impl DevicePtrMut<u32>,
+    out: &mut impl DevicePtrMut<Bf16>,
+) -> Result<()>
+where
+    U: DevicePtr<u32>,
+    Q: DevicePtr<Bf16>,
+    P: DevicePtr<u32>,
+    S: DevicePtr<u32>,
+    F: DevicePtr<f32>,
+    N: DevicePtr<f32>,
+{
+    const OP: &str = "paged_decode_attention_qk";
+    let (nh, nkv, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    if batch.max_query_len != 1 {
+        return Err(shape_error(
+            OP,
+            format!(
+                "decode steps only (max_query_len {} != 1)",
+                batch.max_query_len
+            ),
+        ));
+    }
+    let n = batch.num_tokens;
+    expect_len(OP, "qkv", inputs.qkv.len(), n * (nh + 2 * nkv) * hd)?;
+    expect_len(OP, "positions", inputs.positions.len(), n)?;
+    expect_len(OP, "slot_mapping", inputs.slot_mapping.len(), n)?;
+    expect_len(OP, "inv_freq", inputs.inv_freq.len(), hd / 2)?;
+    for norm in [inputs.q_norm, inputs.k_norm].into_iter().flatten() {
+        expect_len(OP, "q/k norm weight", norm.len(), hd)?;
+    }
+    let lens = (
+        k_cache.len(),
+        v_cache.len(),
+        workspace.len(),
+        counters.len(),
+        out.len(),
+    );
+    let s = dev.stream();
+    let (kp, _gk) = k_cache.device_ptr_mut(s);
+    let (vp, _gv) = v_cache.device_ptr_mut(s);
+    let (wp, _gw) = workspace.device_ptr_mut(s);
+    let (cp, _gc) = counters.device_ptr_mut(s);
+    let (op, _go) = out.device_ptr_mut(s);
+    let (qkv, _g1) = inputs.qkv.device_ptr(s);
+    let (positions, _g2) = inputs.positions.device_ptr(s);
+    let (slots, _g3) = inputs.slot_mapping.device_ptr(s);
+    let (inv_freq, _g4) = inputs.inv_freq.device_ptr(s);
+    let q_norm = inputs.q_norm.map(|w| w.device_ptr(s));
+    let k_norm = inputs.k_norm.map(|w| w.device_ptr(s));
+    let num_slots = u32::try_from(lens.0 / (nkv * hd).max(1))
+        .map_err(|_| shape_error(OP, "more than u32::MAX cache slots"))?;
+    let fused = FusedQk {
+        qkv,
+        positions,
+        slots,
+        inv_freq,
+        q_norm: q_norm.as_ref().map_or(0, |w| w.0),
+        k_norm: k_norm.as_ref().map_or(0, |w| w.0),
+        eps: inputs.rms_norm_eps,
+        num_slots,
+    };
+    let bufs = Buffers {
+        k: (kp, lens.0),
+        v: (vp, lens.1),
+        workspace: (wp, lens.2),
+        counters: (cp, lens.3),
+        out: (op, lens.4),
+    };
+    run(
+        dev,
+        shape,
+        batch,
+        max_partitions,
+        Queries::Fused(fused),
+        &bufs,
+    )
+}
+
+/// Where the queries come from.
+enum Queries {
+    /// `q` rows (device pointer, elements).
+    Given(CUdeviceptr, usize),
+    /// Raw QKV rows, normalised and rotated in the decode kernel (`attention_decode_qk_g*`).
+    Fused(FusedQk),
+}
+
+/// The fused decode kernel's extra arguments (kernels/attention_decode.cuh's `FusedQk`).
+struct FusedQk {
+    qkv: CUdeviceptr,
+    positions: CUdeviceptr,
+    slots: CUdeviceptr,
+    inv_freq: CUdeviceptr,
+    /// 0 = none (Qwen2).
+    q_norm: CUdeviceptr,
+    k_norm: CUdeviceptr,
+    eps: f32,
+    num_slots: u32,
+}
+
+/// The caches, scratch and output: (device pointer, elements).
+struct Buffers {
+    k: (CUdeviceptr, usize),
+    v: (CUdeviceptr, usize),
+    workspace: (CUdeviceptr, usize),
+    counters: (CUdeviceptr, usize),
+    out: (CUdeviceptr, usize),
+}
+
+fn run<U: DevicePtr<u32>>(
+    dev: &CudaDevice,
+    shape: &AttnShape,
+    batch: &AttnBatch<'_, U>,
+    max_partitions: usize,
+    queries: Queries,
+    bufs: &Buffers,
+) -> Result<()> {
     const OP: &str = "paged_attention";
     let AttnShape {
         num_heads,
@@ -157,8 +319,10 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     }
     let q_dim = num_heads * head_dim;
     let kv_dim = num_kv_heads * head_dim;
-    expect_len(OP, "q", q.len(), num_tokens * q_dim)?;
-    expect_len(OP, "out", out.len(), num_tokens * q_dim)?;
+    if let Queries::Given(_, q_len) = queries {
+        expect_len(OP, "q", q_len, num_tokens * q_dim)?;
+    }
+    expect_len(OP, "out", bufs.out.1, num_tokens * q_dim)?;
     expect_len(OP, "cu_seqlens_q", batch.cu_seqlens_q.len(), num_seqs + 1)?;
     expect_len(OP, "context_lens", batch.context_lens.len(), num_seqs)?;
     expect_len(
@@ -168,19 +332,18 @@ pub fn paged_attention<U: DevicePtr<u32>>(
         num_seqs * max_blocks_per_seq,
     )?;
     let block_elems = block_size * kv_dim;
-    if k_cache.len() != v_cache.len() || !k_cache.len().is_multiple_of(block_elems) {
+    let (k_len, v_len) = (bufs.k.1, bufs.v.1);
+    if k_len != v_len || !k_len.is_multiple_of(block_elems) {
         return Err(shape_error(
             OP,
             format!(
-                "k_cache ({}) and v_cache ({}) must be equal whole numbers of blocks of {block_size} x {kv_dim}",
-                k_cache.len(),
-                v_cache.len()
+                "k_cache ({k_len}) and v_cache ({v_len}) must be equal whole numbers of blocks of {block_size} x {kv_dim}"
             ),
         ));
     }
     // The kernels index with i32 positions, block numbers and sizes.
     to_i32(OP, "num_tokens * num_heads", num_tokens * num_heads)?;
-    to_i32(OP, "num_slots", k_cache.len() / kv_dim)?;
+    to_i32(OP, "num_slots", k_len / kv_dim)?;
     to_i32(
         OP,
         "num_seqs * max_blocks_per_seq",
@@ -189,19 +352,19 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     let decode = batch.max_query_len == 1;
     if decode {
         let want = attention_workspace_len(shape, num_seqs, max_partitions);
-        if workspace.len() < want {
+        if bufs.workspace.1 < want {
             return Err(shape_error(
                 OP,
-                format!("workspace has {} elements, decode needs at least {want} ({num_seqs} sequences, {max_partitions} partitions)", workspace.len()),
+                format!("workspace has {} elements, decode needs at least {want} ({num_seqs} sequences, {max_partitions} partitions)", bufs.workspace.1),
             ));
         }
         let want = attention_counters_len(shape, num_seqs);
-        if counters.len() < want {
+        if bufs.counters.1 < want {
             return Err(shape_error(
                 OP,
                 format!(
                     "counters has {} elements, decode needs at least {want}",
-                    counters.len()
+                    bufs.counters.1
                 ),
             ));
         }
@@ -211,13 +374,14 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     }
 
     let s = dev.stream();
-    let (qp, _gq) = q.device_ptr(s);
-    let (kp, _gk) = k_cache.device_ptr(s);
-    let (vp, _gv) = v_cache.device_ptr(s);
+    let (kp, vp, op) = (bufs.k.0, bufs.v.0, bufs.out.0);
     let (cu, _gc) = batch.cu_seqlens_q.device_ptr(s);
     let (ctx, _gx) = batch.context_lens.device_ptr(s);
     let (bt, _gb) = batch.block_tables.device_ptr(s);
-    let (op, _go) = out.device_ptr_mut(s);
+    let qp = match &queries {
+        Queries::Given(qp, _) => *qp,
+        Queries::Fused(f) => f.qkv,
+    };
     for (what, p) in [("q", qp), ("k_cache", kp), ("v_cache", vp), ("out", op)] {
         expect_aligned16(OP, what, p)?;
     }
@@ -234,6 +398,9 @@ pub fn paged_attention<U: DevicePtr<u32>>(
     );
 
     if !decode {
+        if matches!(queries, Queries::Fused(_)) {
+            return Err(shape_error(OP, "fused q/k norm is for decode steps only"));
+        }
         let name = prefill_name;
         let smem = prefill_smem_bytes(head_dim);
         if smem > DEFAULT_SMEM {
@@ -275,16 +442,20 @@ pub fn paged_attention<U: DevicePtr<u32>>(
 
     let group = num_heads / num_kv_heads;
     let g = decode_heads_per_cta(group);
-    let name = match g {
-        1 => "attention_decode_g1",
-        2 => "attention_decode_g2",
-        4 => "attention_decode_g4",
-        _ => "attention_decode_g8",
+    let fused = matches!(queries, Queries::Fused(_));
+    let (kernel, name) = match (fused, g) {
+        (false, 1) => (&ATTENTION_DECODE, "attention_decode_g1"),
+        (false, 2) => (&ATTENTION_DECODE, "attention_decode_g2"),
+        (false, 4) => (&ATTENTION_DECODE, "attention_decode_g4"),
+        (false, _) => (&ATTENTION_DECODE, "attention_decode_g8"),
+        (true, 1) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g1"),
+        (true, 2) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g2"),
+        (true, 4) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g4"),
+        (true, _) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g8"),
     };
-    let (wp, _gw) = workspace.device_ptr_mut(s);
-    let ml = wp;
-    let acc = wp + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
-    let (done, _gd) = counters.device_ptr_mut(s);
+    let ml = bufs.workspace.0;
+    let acc = ml + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
+    let done = bufs.counters.0;
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
     // the CTA's partials, then its partition's block-table entries (at most the whole row)
     let decode_smem = DECODE_WARPS * g * (head_dim + 2) * 4 + (max_blocks_per_seq + 1) * 4;
@@ -305,7 +476,7 @@ pub fn paged_attention<U: DevicePtr<u32>>(
         block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
         shared_mem_bytes: decode_smem,
     };
-    let args = [
+    let mut args = vec![
         Arg::Ptr(op),
         Arg::Ptr(ml),
         Arg::Ptr(acc),
@@ -316,15 +487,20 @@ pub fn paged_attention<U: DevicePtr<u32>>(
         Arg::Ptr(cu),
         Arg::Ptr(ctx),
         Arg::Ptr(bt),
-        nh,
-        nkv,
-        hd,
-        bs,
-        mb,
-        mp,
-        Arg::F32(scale),
     ];
-    launch(dev, &ATTENTION_DECODE, name, cfg, &args)
+    if let Queries::Fused(f) = &queries {
+        args.extend([
+            Arg::Ptr(f.positions),
+            Arg::Ptr(f.slots),
+            Arg::Ptr(f.inv_freq),
+            Arg::Ptr(f.q_norm),
+            Arg::Ptr(f.k_norm),
+            Arg::F32(f.eps),
+            Arg::U32(f.num_slots),
+        ]);
+    }
+    args.extend([nh, nkv, hd, bs, mb, mp, Arg::F32(scale)]);
+    launch(dev, kernel, name, cfg, &args)
 }
 
 /// The head dimensions with a prefill kernel instance, `attention_prefill_d{head_dim}` (each instance
@@ -370,9 +546,19 @@ mod tests {
         ] {
             assert!(src.contains(&format!("#define {name} {v}\n")), "{name}");
         }
-        assert!(ATTENTION_DECODE
-            .source
-            .contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
+        let (_, decode_header) = crate::compile::HEADERS
+            .iter()
+            .find(|(name, _)| *name == "attention_decode.cuh")
+            .unwrap();
+        assert!(decode_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
+        for g in [1, 2, 4, 8] {
+            assert!(ATTENTION_DECODE_QK
+                .source
+                .contains(&format!("DECODE_QK_KERNEL({g},")));
+            assert!(ATTENTION_DECODE
+                .source
+                .contains(&format!("DECODE_KERNEL({g},")));
+        }
     }
 
     #[test]

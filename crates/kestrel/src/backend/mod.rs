@@ -112,6 +112,20 @@ pub trait Backend: Send + Sync {
         cache: &Self::KvCache,
         layer: usize,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::qk_norm_rope_store_kv`] then [`Backend::attention`] on its q: returns the attention
+    /// output. A backend may fuse the two (the CUDA backend does for decode steps); this default runs
+    /// them in turn.
+    fn qk_norm_rope_attention(
+        &self,
+        qkv: &Self::Tensor,
+        p: &AttnParams<'_, Self::Vector>,
+        meta: &Self::Metadata,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    ) -> Result<Self::Tensor> {
+        let q = self.qk_norm_rope_store_kv(qkv, p, meta, cache, layer)?;
+        self.attention(&q, p, meta, cache, layer)
+    }
     /// The given rows of `x` (e.g. the last token of each sequence, before the lm_head).
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
     /// Copies a tensor to the host: (rows, cols, values).

@@ -158,8 +158,7 @@ impl<B: Backend> Qwen3Model<B> {
                 &layer.qkv,
                 layer.qkv_bias.as_ref(),
             )?;
-            let q = backend.qk_norm_rope_store_kv(&qkv, &p, &meta, cache, l)?;
-            let attn = backend.attention(&q, &p, &meta, cache, l)?;
+            let attn = backend.qk_norm_rope_attention(&qkv, &p, &meta, cache, l)?;
             backend.matmul_add_residual(&attn, &layer.o_proj, &mut residual)?;
             let act =
                 backend.rms_norm_gate_up_silu(&residual, &layer.ffn_norm, eps, &layer.gate_up)?;
