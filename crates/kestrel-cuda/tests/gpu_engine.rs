@@ -66,7 +66,18 @@ fn config(
 /// A fresh engine (empty prefix cache, new backend) for the checkpoint in `testdata/<dir>`, and the
 /// model's stop ids (the single-sequence path needs them; the engine keeps its own).
 fn engine(gpu: &Gpu, dir: &str, cfg: EngineConfig) -> (Engine<CudaBackend>, Vec<u32>) {
+    engine_with(gpu, dir, cfg, true)
+}
+
+/// [`engine`] with CUDA graphs on or off (`--eager`).
+fn engine_with(
+    gpu: &Gpu,
+    dir: &str,
+    cfg: EngineConfig,
+    graphs: bool,
+) -> (Engine<CudaBackend>, Vec<u32>) {
     let backend = CudaBackend::new(gpu.dev.clone());
+    backend.set_cuda_graphs(graphs);
     let path = testdata(dir);
     let loaded = LoadedModel::load(path.to_str().expect("utf-8 testdata path"), &backend)
         .unwrap_or_else(|e| panic!("loading {dir}: {e}"));
@@ -254,5 +265,59 @@ fn preempted_sequences_continue_identically() {
             "{dir}: the workload must preempt: {st:?}"
         );
         assert_eq!(e.num_free_blocks(), e.num_blocks(), "{dir}");
+    }
+}
+
+#[test]
+fn sampled_requests_decode_in_graphs_as_eagerly() {
+    let Some(gpu) = gpu() else { return };
+    // Seeded sampling with every filter, on the device: the decode graph path copies the step's
+    // logits out and samples them with the step's draws, so the tokens equal an eager run's (the
+    // same kernels, bit for bit). (Not compared with each request alone: a batch's decode kernels
+    // depend on its size bucket, and a logit a rounding apart can move a sampled token where it
+    // cannot move an argmax.)
+    let reqs: Reqs = (0..6)
+        .map(|i| {
+            let params = SamplingParams {
+                temperature: [0.7, 1.0, 1.3][i % 3],
+                top_k: [0, 40][i % 2],
+                top_p: [1.0, 0.9, 0.95][i % 3],
+                min_p: [0.0, 0.05][i % 2],
+                seed: Some(1000 + i as u64),
+                ..greedy(14, true)
+            };
+            (prompt(300 + i as u64, 5 + 7 * i), params)
+        })
+        .collect();
+    let cfg = config(4, 256, 8, 64);
+    for dir in MODELS {
+        let (mut e, _) = engine(&gpu, dir, cfg);
+        let outs = run_all(&mut e, &reqs);
+        let st = e.stats();
+        eprintln!("{dir}: {st:?}");
+        assert!(
+            st.graph_steps > 0,
+            "{dir}: sampled steps took no graph: {st:?}"
+        );
+        let (mut eager, _) = engine_with(&gpu, dir, cfg, false);
+        let eager_outs = run_all(&mut eager, &reqs);
+        for (i, (a, b)) in outs.iter().zip(&eager_outs).enumerate() {
+            assert_eq!(
+                a.token_ids, b.token_ids,
+                "{dir}: request {i}: graphs vs eager"
+            );
+        }
+        for (i, o) in outs.iter().enumerate() {
+            assert_eq!(
+                o.token_ids.len(),
+                14,
+                "{dir}: request {i}: ignore_eos, 14 tokens"
+            );
+        }
+        assert_eq!(
+            eager.stats().graph_steps,
+            st.graph_steps,
+            "{dir}: same steps"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Decode steps in CUDA graphs: one graph per (batch-size bucket, block-table width), captured on
+//! Decode steps in CUDA graphs: one graph per (batch-size bucket, block-table width, how tokens are
+//! picked), captured on
 //! the second step of that shape (the first runs eagerly: it compiles kernels, creates the cuBLAS
 //! handle, RoPE tables and the attention workspace) and replayed after.
 //!
@@ -7,8 +8,9 @@
 //!   or runs eagerly (`--eager`), so both run the same kernels with the same arguments and give
 //!   bit-identical results.
 //! - Everything a graph reads or writes outside its own allocations lives at fixed addresses owned by
-//!   its [`DecodeEntry`]: the metadata buffer, the token-id input, the argmax output, the attention
-//!   workspace. The step's inputs are copied into them before the replay, outside the graph; the
+//!   its [`DecodeEntry`]: the metadata buffer, the token-id input, the argmax output (greedy steps) or
+//!   the logits copy (sampled steps: the sampler runs after the replay, on that copy, with the step's
+//!   draws), the attention workspace. The step's inputs are copied into them before the replay, outside the graph; the
 //!   activations are allocated and freed inside the graph (stream-ordered allocation nodes).
 //! - While a step runs, the backend's ops read the staged buffers ([`Staged`]) instead of uploading:
 //!   `prepare_metadata`, `embed` and `attention` look at [`CudaBackend::staged`].
@@ -25,12 +27,13 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr};
-use kestrel::backend::{AttnMetadata, DecodeForward};
+use kestrel::backend::{AttnMetadata, DecodeForward, DecodePick};
 use kestrel::{KestrelError, Result};
 
 use super::metadata::{decode_pool, upload_decode, MetaPool};
 use super::tensor::CudaKvCache;
 use super::CudaBackend;
+use crate::dtype::Bf16;
 use crate::ops::argmax::argmax;
 
 /// The largest batch a decode graph covers; larger steps run eagerly, unpadded.
@@ -66,11 +69,14 @@ pub(crate) struct Staged {
     pub capturing: bool,
 }
 
-/// The fixed buffers and the graph of one (bucket, width).
+/// The fixed buffers and the graph of one (bucket, width, sampled).
 pub(crate) struct DecodeEntry {
     meta: MetaPool,
     ids: Arc<CudaSlice<u32>>,
     out: CudaSlice<u32>,
+    /// Sampled steps: the step's logits, copied out of the graph's own memory (allocated by the
+    /// first, eager step).
+    logits: Option<(CudaSlice<Bf16>, usize)>,
     workspace: Workspace,
     warmed: bool,
     /// Capture failed once: this shape runs eagerly from then on.
@@ -89,7 +95,7 @@ pub(crate) struct DecodeGraphs {
     /// What the entries' graphs bake in: the model (its weights) and the KV cache (its buffers'
     /// addresses and size).
     key: Vec<u64>,
-    entries: HashMap<(usize, usize), DecodeEntry>,
+    entries: HashMap<(usize, usize, bool), DecodeEntry>,
 }
 
 fn graph_key(be: &CudaBackend, forward_id: u64, cache: &CudaKvCache) -> Vec<u64> {
@@ -138,16 +144,18 @@ impl CudaBackend {
     }
 
     /// A decode step of `meta.seqs.len()` ≤ [`MAX_GRAPH_BATCH`] sequences, padded to its bucket.
-    pub(crate) fn decode_step(
+    pub(crate) fn graph_decode_step(
         &self,
         forward_id: u64,
         tokens: &[u32],
         meta: &AttnMetadata,
         cache: &mut CudaKvCache,
         forward: &mut DecodeForward<'_, Self>,
+        pick: DecodePick<'_>,
     ) -> Result<Vec<u32>> {
         let dev = self.device();
         let n = meta.seqs.len();
+        let sampled = matches!(pick, DecodePick::Sample(_));
         let bucket = decode_bucket(n);
         let bs = meta.block_size.max(1);
         let used = meta
@@ -169,12 +177,13 @@ impl CudaBackend {
             }
             graphs.key = key;
         }
-        let entry = match graphs.entries.entry((bucket, width)) {
+        let entry = match graphs.entries.entry((bucket, width, sampled)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(DecodeEntry {
                 meta: decode_pool(dev, bucket, width)?,
                 ids: Arc::new(self.alloc::<u32>(bucket)?),
                 out: self.alloc::<u32>(bucket)?,
+                logits: None,
                 workspace: Arc::new(Mutex::new(None)),
                 warmed: false,
                 failed: false,
@@ -200,7 +209,11 @@ impl CudaBackend {
             workspace: entry.workspace.clone(),
             capturing,
         };
-        let mut run = |out: &mut CudaSlice<u32>, staged: Staged| -> Result<()> {
+        let mut run = |out: &mut CudaSlice<u32>,
+                       kept: &mut Option<(CudaSlice<Bf16>, usize)>,
+                       staged: Staged|
+         -> Result<()> {
+            let capturing = staged.capturing;
             *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(staged);
             let _unstage = Unstage(self);
             let before = dev.launches();
@@ -211,7 +224,23 @@ impl CudaBackend {
                     logits.rows
                 )));
             }
-            argmax(dev, &logits.data, logits.cols, out).map_err(super::be)?;
+            if sampled {
+                if kept.as_ref().is_none_or(|k| k.0.len() != logits.data.len()) {
+                    if capturing {
+                        return Err(KestrelError::Backend(
+                            "decode logits buffer missing inside a graph capture".into(),
+                        ));
+                    }
+                    *kept = Some((self.alloc::<Bf16>(logits.data.len())?, logits.cols));
+                }
+                let (buf, _) = kept.as_mut().expect("allocated above");
+                dev.stream()
+                    .memcpy_dtod(&logits.data, buf)
+                    .map_err(|e| KestrelError::Backend(format!("copying decode logits: {e}")))?;
+                dev.count_launch();
+            } else {
+                argmax(dev, &logits.data, logits.cols, out).map_err(super::be)?;
+            }
             drop(logits);
             self.step_kernels
                 .store(dev.launches() - before, Ordering::Relaxed);
@@ -222,7 +251,7 @@ impl CudaBackend {
             let s = dev.stream();
             s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| KestrelError::Backend(format!("starting a graph capture: {e}")))?;
-            let ran = run(&mut entry.out, stage(true));
+            let ran = run(&mut entry.out, &mut entry.logits, stage(true));
             let graph = s.end_capture(CUgraphInstantiate_flags(0));
             match (ran, graph) {
                 (Ok(()), Ok(Some(g))) => entry.graph = Some(SendGraph(g)),
@@ -246,9 +275,16 @@ impl CudaBackend {
                     .map_err(|e| KestrelError::Backend(format!("replaying a decode graph: {e}")))?
             }
             _ => {
-                run(&mut entry.out, stage(false))?;
+                run(&mut entry.out, &mut entry.logits, stage(false))?;
                 entry.warmed = true;
             }
+        }
+        if let DecodePick::Sample(rows) = pick {
+            let (buf, cols) = entry
+                .logits
+                .as_ref()
+                .ok_or_else(|| KestrelError::Backend("no decode logits to sample".into()))?;
+            return super::sampling::sample_rows(self, &buf.slice(0..n * cols), *cols, rows);
         }
         dev.stream()
             .clone_dtoh(&entry.out.slice(0..n))

@@ -3,7 +3,7 @@
 //!
 //! Each trait op is one or two launches of the fused kernels in [`crate::ops`]. Invariants:
 //! - All work goes to the device's one stream, so ops are ordered without synchronisation; only
-//!   `to_host`, `argmax`, `sample` and `decode_argmax` wait (for their copy to the host).
+//!   `to_host`, `argmax`, `sample` and `decode_step` wait (for their copy to the host).
 //! - A forward step's metadata is uploaded once ([`CudaMetadata`]), into a reused buffer.
 //! - Greedy decode steps are padded to a batch-size bucket and replayed from CUDA graphs
 //!   ([`graphs`]); `set_cuda_graphs(false)` (`--eager`) runs them eagerly.

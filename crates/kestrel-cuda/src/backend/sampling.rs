@@ -6,7 +6,10 @@
 use kestrel::engine::row_sampling::{sample_with_u, RowSampling};
 use kestrel::{KestrelError, Result};
 
+use cudarc::driver::DevicePtr;
+
 use super::{be, CudaBackend, CudaTensor};
+use crate::dtype::{to_f32, Bf16};
 use crate::ops::sampling::{pack_params, sample as launch_sample, NO_TOKEN};
 
 pub(super) fn sample(
@@ -21,6 +24,24 @@ pub(super) fn sample(
             logits.rows
         )));
     }
+    sample_rows(b, &logits.data, logits.cols, rows)
+}
+
+/// `rows.len()` rows of `cols` bf16 logits in `logits` (any device buffer or view), one per entry of
+/// `rows`.
+pub(super) fn sample_rows(
+    b: &CudaBackend,
+    logits: &impl DevicePtr<Bf16>,
+    cols: usize,
+    rows: &[RowSampling],
+) -> Result<Vec<u32>> {
+    if logits.len() != rows.len() * cols {
+        return Err(KestrelError::Backend(format!(
+            "sample: {} logits for {} rows of {cols}",
+            logits.len(),
+            rows.len()
+        )));
+    }
     if rows.is_empty() {
         return Ok(vec![]);
     }
@@ -30,15 +51,17 @@ pub(super) fn sample(
         .collect();
     let params = b.upload("sampling parameters", &host)?;
     let mut out = b.alloc::<u32>(rows.len())?;
-    launch_sample(b.device(), &logits.data, logits.cols, &params, &mut out).map_err(be)?;
-    let mut ids = b
-        .device()
-        .stream()
+    launch_sample(b.device(), logits, cols, &params, &mut out).map_err(be)?;
+    let stream = b.device().stream();
+    let mut ids = stream
         .clone_dtoh(&out)
         .map_err(|e| KestrelError::Backend(format!("copying token ids to the host: {e}")))?;
     if ids.contains(&NO_TOKEN) {
-        use kestrel::backend::Backend;
-        let (_, cols, data) = b.to_host(logits)?;
+        let data = to_f32(
+            &stream
+                .clone_dtoh(logits)
+                .map_err(|e| KestrelError::Backend(format!("copying logits to the host: {e}")))?,
+        );
         for (r, id) in ids.iter_mut().enumerate() {
             if *id == NO_TOKEN {
                 *id = sample_with_u(&data[r * cols..(r + 1) * cols], &rows[r]);

@@ -2,7 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
-use kestrel::backend::{AttnMetadata, AttnParams, Backend, DecodeForward, KvCacheSpec};
+use kestrel::backend::{
+    pick_tokens, AttnMetadata, AttnParams, Backend, DecodeForward, DecodePick, KvCacheSpec,
+};
 use kestrel::engine::row_sampling::RowSampling;
 use kestrel::formats::HostTensor;
 use kestrel::{KestrelError, Result};
@@ -257,21 +259,30 @@ impl Backend for CudaBackend {
         Ok((x.rows, x.cols, to_f32(&host)))
     }
 
-    fn decode_argmax(
+    fn decode_step(
         &self,
         forward_id: u64,
         tokens: &[u32],
         meta: &AttnMetadata,
         cache: &mut CudaKvCache,
         forward: &mut DecodeForward<'_, Self>,
+        pick: DecodePick<'_>,
     ) -> Result<Vec<u32>> {
         let n = meta.seqs.len();
         let decode = n > 0 && tokens.len() == n && meta.seqs.iter().all(|s| s.query_len == 1);
+        if let DecodePick::Sample(rows) = pick {
+            if rows.len() != n {
+                return Err(KestrelError::Backend(format!(
+                    "decode step: {} sampling rows for {n} sequences",
+                    rows.len()
+                )));
+            }
+        }
         if decode && n <= MAX_GRAPH_BATCH {
-            return self.decode_step(forward_id, tokens, meta, cache, forward);
+            return self.graph_decode_step(forward_id, tokens, meta, cache, forward, pick);
         }
         let logits = forward(tokens, meta, cache)?;
-        self.argmax(&logits)
+        pick_tokens(self, &logits, pick)
     }
 
     fn memory_bandwidth(&self) -> Option<f64> {

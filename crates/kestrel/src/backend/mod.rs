@@ -9,6 +9,7 @@ mod metadata;
 
 pub use metadata::{AttnMetadata, KvCacheSpec, SeqSlice};
 
+use crate::engine::row_sampling::{sample_with_u, RowSampling};
 use crate::formats::HostTensor;
 use crate::Result;
 
@@ -151,13 +152,29 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
-    /// A greedy decode step: `forward` is the model's forward pass, returning one logits row per
-    /// token; the result is the argmax of each sequence's row. Every sequence of `meta` has one new
-    /// token (`tokens[i]` is sequence `i`'s). A backend may call `forward` with `tokens` padded to a
-    /// larger batch (it then reads the padded step's metadata from where it staged it, not from
-    /// `meta`), and may capture the step once and replay it (CUDA graphs) for later calls with the
-    /// same `forward_id` (the model instance, [`crate::model::Qwen3Model::instance_id`]) and cache;
-    /// the default just runs it.
+    /// A decode step: `forward` is the model's forward pass, returning one logits row per token; the
+    /// result is each sequence's token as `pick` chooses it from its row (the argmax, or
+    /// [`Backend::sample`] under that row's settings and draw, with the host reference for rows the
+    /// backend leaves). Every sequence of `meta` has one new token (`tokens[i]` is sequence `i`'s).
+    /// A backend may call `forward` with `tokens` padded to a larger batch (it then reads the padded
+    /// step's metadata from where it staged it, not from `meta`), and may capture the step once and
+    /// replay it (CUDA graphs) for later calls with the same `forward_id` (the model instance,
+    /// [`crate::model::Qwen3Model::instance_id`]) and cache; the default just runs it.
+    fn decode_step(
+        &self,
+        forward_id: u64,
+        tokens: &[u32],
+        meta: &AttnMetadata,
+        cache: &mut Self::KvCache,
+        forward: &mut DecodeForward<'_, Self>,
+        pick: DecodePick<'_>,
+    ) -> Result<Vec<u32>> {
+        let _ = forward_id;
+        let logits = forward(tokens, meta, cache)?;
+        pick_tokens(self, &logits, pick)
+    }
+
+    /// [`Backend::decode_step`] taking the argmax of each row (greedy decoding).
     fn decode_argmax(
         &self,
         forward_id: u64,
@@ -166,9 +183,7 @@ pub trait Backend: Send + Sync {
         cache: &mut Self::KvCache,
         forward: &mut DecodeForward<'_, Self>,
     ) -> Result<Vec<u32>> {
-        let _ = forward_id;
-        let logits = forward(tokens, meta, cache)?;
-        self.argmax(&logits)
+        self.decode_step(forward_id, tokens, meta, cache, forward, DecodePick::Argmax)
     }
 
     /// Kernels the last decode step launched (or captured), where the backend counts them.
@@ -183,7 +198,46 @@ pub trait Backend: Send + Sync {
     }
 }
 
-/// The model's forward pass as [`Backend::decode_argmax`] runs it: (tokens, metadata, cache) → logits,
+/// How [`Backend::decode_step`] chooses each row's token.
+#[derive(Clone, Copy, Debug)]
+pub enum DecodePick<'a> {
+    /// The largest logit (ties to the lowest id).
+    Argmax,
+    /// Sampled under each row's settings and draw ([`RowSampling`]; penalties already excluded:
+    /// they need the token history, which stays on the host).
+    Sample(&'a [RowSampling]),
+}
+
+/// `pick` applied to `logits` (one row per entry of a `Sample` pick): on the backend where it can,
+/// rows it leaves (or a backend without a sampling op) through the host reference, with the same draw.
+pub fn pick_tokens<B: Backend + ?Sized>(
+    backend: &B,
+    logits: &B::Tensor,
+    pick: DecodePick<'_>,
+) -> Result<Vec<u32>> {
+    match pick {
+        DecodePick::Argmax => backend.argmax(logits),
+        DecodePick::Sample(rows) => match backend.sample(logits, rows)? {
+            Some(ids) => Ok(ids),
+            None => {
+                let (n, cols, data) = backend.to_host(logits)?;
+                if n != rows.len() {
+                    return Err(crate::KestrelError::Engine(format!(
+                        "{n} logits rows for {} sampling rows",
+                        rows.len()
+                    )));
+                }
+                Ok(data
+                    .chunks(cols.max(1))
+                    .zip(rows)
+                    .map(|(row, r)| sample_with_u(row, r))
+                    .collect())
+            }
+        },
+    }
+}
+
+/// The model's forward pass as [`Backend::decode_step`] runs it: (tokens, metadata, cache) → logits,
 /// one row per token.
 pub type DecodeForward<'a, B> = dyn FnMut(&[u32], &AttnMetadata, &mut <B as Backend>::KvCache) -> Result<<B as Backend>::Tensor>
     + 'a;

@@ -22,9 +22,20 @@ fn device_or_host<B: Backend>(
     backend: &B,
     logits: &B::Tensor,
     samplers: &mut [&mut Sampler],
+    drawn: Option<&[RowSampling]>,
 ) -> Result<Vec<u32>> {
     if !samplers.iter().any(|s| s.needs_host()) {
-        let rows: Vec<RowSampling> = samplers.iter_mut().map(|s| s.draw()).collect();
+        let rows: Vec<RowSampling> = match drawn {
+            Some(rows) if rows.len() == samplers.len() => rows.to_vec(),
+            Some(rows) => {
+                return Err(KestrelError::Engine(format!(
+                    "{} draws for {} sampling sequences",
+                    rows.len(),
+                    samplers.len()
+                )))
+            }
+            None => samplers.iter_mut().map(|s| s.draw()).collect(),
+        };
         if let Some(ids) = backend.sample(logits, &rows)? {
             return Ok(ids);
         }
@@ -59,11 +70,13 @@ fn host_rows<B: Backend>(
 }
 
 /// Picks the next token of each sampling sequence: `samplers[k]` belongs to row `k` of `step`. Each
-/// chosen token is recorded in its sampler (for the penalties).
+/// chosen token is recorded in its sampler (for the penalties). `drawn`: this step's draws, if the
+/// caller took them already (one per sampler, none of which needs the host), so none is drawn twice.
 pub fn sample_step<B: Backend>(
     backend: &B,
     step: StepLogits<B::Tensor>,
     samplers: &mut [&mut Sampler],
+    drawn: Option<&[RowSampling]>,
 ) -> Result<Vec<u32>> {
     let ids = match step {
         StepLogits::Tokens(ids) => ids,
@@ -71,7 +84,7 @@ pub fn sample_step<B: Backend>(
             if samplers.iter().all(|s| s.params().is_plain_greedy()) {
                 backend.argmax(&logits)?
             } else {
-                device_or_host(backend, &logits, samplers)?
+                device_or_host(backend, &logits, samplers, drawn)?
             }
         }
     };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::{StopMatcher, StopStep};
-use crate::backend::{AttnMetadata, Backend, KvCacheSpec, SeqSlice};
+use crate::backend::{pick_tokens, AttnMetadata, Backend, DecodePick, KvCacheSpec, SeqSlice};
 use crate::model::Qwen3Model;
 use crate::tokenizer::Tokenizer;
 use crate::{KestrelError, Result};
@@ -152,19 +152,38 @@ impl<B: Backend> SingleSequence<B> {
         model: &Qwen3Model<B>,
         tokens: &[u32],
     ) -> Result<u32> {
+        self.feed_pick(backend, model, tokens, DecodePick::Argmax)
+    }
+
+    /// Feeds `tokens` and returns the token `pick` chooses from the last token's logits (a `Sample`
+    /// pick has one row), on the backend where it can: one new token goes through
+    /// [`Backend::decode_step`] (a GPU replays a captured graph of the step).
+    pub fn feed_pick(
+        &mut self,
+        backend: &B,
+        model: &Qwen3Model<B>,
+        tokens: &[u32],
+        pick: DecodePick<'_>,
+    ) -> Result<u32> {
         if let [token] = tokens {
-            return self.decode_argmax(backend, model, *token);
+            return self.decode_one(backend, model, *token, pick);
         }
         let mut next = None;
         self.forward_chunks(backend, model, tokens, false, |logits| {
-            next = backend.argmax(&logits)?.pop();
+            next = pick_tokens(backend, &logits, pick)?.pop();
             Ok(())
         })?;
         next.ok_or_else(|| KestrelError::param("tokens", "is empty"))
     }
 
-    /// One token through [`Backend::decode_argmax`] (a GPU replays a captured graph of the step).
-    fn decode_argmax(&mut self, backend: &B, model: &Qwen3Model<B>, token: u32) -> Result<u32> {
+    /// One token through [`Backend::decode_step`].
+    fn decode_one(
+        &mut self,
+        backend: &B,
+        model: &Qwen3Model<B>,
+        token: u32,
+        pick: DecodePick<'_>,
+    ) -> Result<u32> {
         if self.len + 1 > self.capacity() {
             return Err(KestrelError::PromptTooLong {
                 prompt_tokens: self.len + 1,
@@ -182,10 +201,11 @@ impl<B: Backend> SingleSequence<B> {
         )?;
         self.len += 1;
         let id = model.instance_id();
-        let ids = backend.decode_argmax(id, &[token], &meta, &mut self.cache, &mut |t, m, c| {
+        let mut forward = |t: &[u32], m: &AttnMetadata, c: &mut B::KvCache| {
             let rows: Vec<usize> = (0..t.len()).collect();
             model.forward(backend, t, m, c, &rows)
-        })?;
+        };
+        let ids = backend.decode_step(id, &[token], &meta, &mut self.cache, &mut forward, pick)?;
         ids.first()
             .copied()
             .ok_or_else(|| KestrelError::Backend("decode step returned no token".into()))
@@ -229,22 +249,29 @@ pub fn generate<B: Backend>(
         params.stop_token_ids.contains(&t) || (!params.ignore_eos && eos_token_ids.contains(&t))
     };
 
-    // Plain greedy decoding takes the argmax on the backend; anything else samples host logits.
+    // Greedy decoding takes the argmax on the backend and sampling samples there (one draw per token
+    // from the request's RNG, as on the host), so only token ids cross; penalties read the token
+    // history, so those requests sample host logits.
     let greedy = params.is_plain_greedy();
-    let feed = |seq: &mut SingleSequence<B>, tokens: &[u32]| -> Result<Next> {
-        if greedy {
-            Ok(Next::Token(seq.feed_argmax(backend, model, tokens)?))
-        } else {
-            Ok(Next::Logits(
-                seq.feed(backend, model, tokens, false)?
-                    .pop()
-                    .unwrap_or_default(),
-            ))
-        }
-    };
+    let feed =
+        |seq: &mut SingleSequence<B>, sampler: &mut Sampler, tokens: &[u32]| -> Result<Next> {
+            if greedy {
+                Ok(Next::Token(seq.feed_argmax(backend, model, tokens)?))
+            } else if !sampler.needs_host() {
+                let row = [sampler.draw()];
+                let pick = DecodePick::Sample(&row);
+                Ok(Next::Token(seq.feed_pick(backend, model, tokens, pick)?))
+            } else {
+                Ok(Next::Logits(
+                    seq.feed(backend, model, tokens, false)?
+                        .pop()
+                        .unwrap_or_default(),
+                ))
+            }
+        };
 
     let t0 = Instant::now();
-    let mut pending = feed(&mut seq, prompt)?;
+    let mut pending = feed(&mut seq, &mut sampler, prompt)?;
     let prefill_time = t0.elapsed();
     let t1 = Instant::now();
     let mut tokens = Vec::new();
@@ -275,7 +302,7 @@ pub fn generate<B: Backend>(
         if tokens.len() == max_new {
             break;
         }
-        pending = feed(&mut seq, &[next])?;
+        pending = feed(&mut seq, &mut sampler, &[next])?;
     }
     if !stopped_by_string {
         let rest = stream.flush().unwrap_or_default();

@@ -2,16 +2,17 @@
 //! [`ScheduledBatch`] into the explicit [`AttnMetadata`] of the forward pass, and returns what the
 //! sampler needs for the sequences that take a token this step.
 //!
-//! A step that is pure decode (one token per sequence, every one sampling) with every request greedy
-//! goes through [`Backend::decode_argmax`], so a GPU replays the captured graph of the batch's size
-//! bucket and only token ids cross to the host. Every other step (prefill chunks, mixed steps,
-//! non-greedy requests) is a plain forward returning one logits row per sampling sequence.
+//! A step that is pure decode (one token per sequence, every one sampling) with no request needing
+//! the host (penalties) goes through [`Backend::decode_step`] with the argmax or this step's draws,
+//! so a GPU replays the captured graph of the batch's size bucket, samples on the device, and only
+//! token ids cross to the host. Every other step (prefill chunks, mixed steps, penalties) is a plain
+//! forward returning one logits row per sampling sequence.
 //!
 //! The runner knows nothing of requests or the block manager: the scheduler's block tables are the
 //! only truth about where a sequence's KV lives, which keeps preemption and prefix caching out of here.
 
 use super::scheduler::ScheduledBatch;
-use crate::backend::{AttnMetadata, Backend, KvCacheSpec, SeqSlice};
+use crate::backend::{AttnMetadata, Backend, DecodePick, KvCacheSpec, SeqSlice};
 use crate::config::ModelConfig;
 use crate::model::Qwen3Model;
 use crate::{KestrelError, Result};
@@ -109,15 +110,16 @@ impl<B: Backend> Runner<B> {
         Ok((tokens, AttnMetadata::new(self.block_size, slices)?))
     }
 
-    /// Runs the step. `all_greedy`: every sampling sequence decodes greedily with no penalty, so a
-    /// pure-decode step may take the decode graph path. `None` when no sequence samples (every one
-    /// is in the middle of its prefill): the step only filled the cache.
+    /// Runs the step. `pick`: how every sampling sequence's token is chosen on the backend (the
+    /// argmax, or sampling with this step's draws), when no row needs the host (penalties): then a
+    /// pure-decode step takes the decode graph path and returns tokens. `None` when no sequence
+    /// samples (every one is in the middle of its prefill): the step only filled the cache.
     pub fn run(
         &mut self,
         backend: &B,
         model: &Qwen3Model<B>,
         batch: &ScheduledBatch,
-        all_greedy: bool,
+        pick: Option<DecodePick<'_>>,
     ) -> Result<Option<StepLogits<B::Tensor>>> {
         let (tokens, meta) = self.metadata(batch)?;
         let last_rows = meta.last_token_rows();
@@ -129,9 +131,9 @@ impl<B: Backend> Runner<B> {
             .map(|(_, &r)| r)
             .collect();
         let pure_decode = rows.len() == batch.seqs.len() && tokens.len() == batch.seqs.len();
-        if all_greedy && pure_decode {
+        if let (Some(pick), true) = (pick, pure_decode) {
             self.graph_steps += 1;
-            let ids = backend.decode_argmax(
+            let ids = backend.decode_step(
                 model.instance_id(),
                 &tokens,
                 &meta,
@@ -140,6 +142,7 @@ impl<B: Backend> Runner<B> {
                     let every: Vec<usize> = (0..t.len()).collect();
                     model.forward(backend, t, m, c, &every)
                 },
+                pick,
             )?;
             if ids.len() != tokens.len() {
                 return Err(KestrelError::Backend(format!(
