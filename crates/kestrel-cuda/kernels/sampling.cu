@@ -12,112 +12,16 @@
 // finite logit, greedy rows with +inf, or overflowing l / T, the row's output is NO_TOKEN and the host
 // samples it (the launch wrapper's caller does).
 // Launch: grid (rows), block (THREADS); rows 16-byte aligned when cols % 8 == 0.
-#include "common.cuh"
+// Penalties (sample_bf16_pen): each value is first penalised as engine/penalties.rs does (Pen in
+// sampling.cuh), so penalised rows never leave the GPU either.
+#include "sampling.cuh"
 
-#define THREADS 1024
-#define CAP 4096
-#define BINS 256
-#define NO_TOKEN 0xffffffffu
-#define NEG_INF __int_as_float(0xff800000)
-#define NONE 0x7fffffff
-
-struct RowParams {
-    float temperature;
-    int top_k;
-    float top_p;
-    float min_p;
-    float u;
-};
-
-// f(index, value) for each element of the row this thread owns.
-template <typename F>
-__device__ __forceinline__ void for_each(const bf16 *row, int cols, F f) {
-    if ((cols & 7) == 0) {
-        const uint4 *rv = reinterpret_cast<const uint4 *>(row);
-        for (int c = threadIdx.x; c < (cols >> 3); c += THREADS) {
-            float v[8];
-            unpack_bf16x8(rv[c], v);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) f(c * 8 + i, v[i]);
-        }
-    } else {
-        for (int c = threadIdx.x; c < cols; c += THREADS) f(c, __bfloat162float(row[c]));
-    }
-}
-
-__shared__ float s_red_f[32];
-__shared__ int s_red_i[32];
-
-__device__ float block_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) s_red_f[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = s_red_f[threadIdx.x & 31];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// min (is_min) or sum of an int over the block; every thread gets it
-__device__ int block_int(int v, bool is_min) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const int w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_min ? min(v, w) : v + w;
-    }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) s_red_i[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = s_red_i[threadIdx.x & 31];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const int w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_min ? min(v, w) : v + w;
-    }
-    return v;
-}
-
-// Exclusive prefix sum over the block in thread order (fixed order: deterministic); *total gets the sum.
-__device__ float block_exclusive_scan(float v, float *total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float incl = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const float n = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += n;
-    }
-    __syncthreads();
-    if (lane == 31) s_red_f[warp] = incl;
-    __syncthreads();
-    float w = s_red_f[lane], wincl = w;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const float n = __shfl_up_sync(0xffffffffu, wincl, o);
-        if (lane >= o) wincl += n;
-    }
-    *total = __shfl_sync(0xffffffffu, wincl, 31);
-    const float before_warp = __shfl_sync(0xffffffffu, wincl - w, warp);
-    return before_warp + incl - v;
-}
-
-__device__ __forceinline__ bool before(float xa, int ia, float xb, int ib) {
-    return xa > xb || (xa == xb && ia < ib);
-}
-
-// x = l / T as the host computes it: an explicit rounded product, so it is never fused into an FMA
-// (which would make the histogram and the gather below disagree, and x differ from the reference's).
-__device__ __forceinline__ float scaled(float l, float inv_t) { return __fmul_rn(l, inv_t); }
-
-// Histogram bin of a finite scaled logit x: floor(8 (M - x)), at most BINS - 1 (monotone in x).
-__device__ __forceinline__ int bin_of(float m, float x) {
-    return (int)fminf(floorf(__fsub_rn(m, x) * 8.0f), (float)(BINS - 1));
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-    sample_bf16(unsigned *__restrict__ out, const bf16 *__restrict__ logits,
-                const RowParams *__restrict__ params, int cols) {
+template <bool PEN>
+__device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ logits,
+                           const RowParams *__restrict__ params, int cols,
+                           const unsigned *__restrict__ pen_offsets,
+                           const unsigned *__restrict__ pen_words,
+                           const float *__restrict__ pen_sub, const float *__restrict__ pen_rep) {
     pdl_enter();
     __shared__ float sx[CAP];  // scaled logits, then cumulative masses
     __shared__ int si[CAP];    // token ids
@@ -126,10 +30,31 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     const RowParams p = params[blockIdx.x];
     const bf16 *row = logits + (size_t)blockIdx.x * cols;
     const int tid = threadIdx.x;
+    __shared__ unsigned s_ptok[PEN ? MAX_PEN : 1], s_bloom[PEN ? BLOOM_WORDS : 1];
+    __shared__ float s_psub[PEN ? MAX_PEN : 1];
+    Pen pen{s_ptok, s_psub, s_bloom, 0, 1.0f};
+    if constexpr (PEN) {
+        const unsigned b0 = pen_offsets[blockIdx.x], n_pen = pen_offsets[blockIdx.x + 1] - b0;
+        if (n_pen > MAX_PEN) {  // the host applies them (and samples the row)
+            if (tid == 0) out[blockIdx.x] = NO_TOKEN;
+            return;
+        }
+        for (int i = tid; i < BLOOM_WORDS; i += THREADS) s_bloom[i] = 0u;
+        __syncthreads();
+        for (int i = tid; i < (int)n_pen; i += THREADS) {
+            const unsigned w = pen_words[b0 + i], h = w & 4095u;
+            s_ptok[i] = w;
+            s_psub[i] = pen_sub[b0 + i];
+            atomicOr(&s_bloom[h >> 5], 1u << (h & 31));
+        }
+        __syncthreads();
+        pen.n = (int)n_pen;
+        pen.rep = pen_rep[blockIdx.x];
+    }
 
     float lmax = NEG_INF;
     int n_finite = 0, n_pos_inf = 0;
-    for_each(row, cols, [&](int, float l) {
+    for_each_pen<PEN>(row, cols, pen, [&](int, float l) {
         if (isfinite(l)) {
             lmax = fmaxf(lmax, l);
             ++n_finite;
@@ -146,7 +71,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     }
     if (p.temperature == 0.0f) {  // greedy: the first largest
         int first = NONE;
-        for_each(row, cols, [&](int i, float l) {
+        for_each_pen<PEN>(row, cols, pen, [&](int i, float l) {
             if (l == lmax) first = min(first, i);
         });
         first = block_int(first, true);
@@ -162,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 
     for (int b = tid; b < BINS; b += THREADS) hist[b] = 0;
     __syncthreads();
-    for_each(row, cols, [&](int, float l) {
+    for_each_pen<PEN>(row, cols, pen, [&](int, float l) {
         if (isfinite(l)) atomicAdd(&hist[bin_of(m, scaled(l, inv_t))], 1);
     });
     __syncthreads();
@@ -186,7 +111,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         if (tid == 0) out[blockIdx.x] = NO_TOKEN;
         return;
     }
-    for_each(row, cols, [&](int i, float l) {
+    for_each_pen<PEN>(row, cols, pen, [&](int i, float l) {
         if (isfinite(l) && bin_of(m, scaled(l, inv_t)) <= cut) {
             const int slot = atomicAdd(&s_count, 1);
             if (slot < CAP) sx[slot] = scaled(l, inv_t), si[slot] = i;
@@ -295,4 +220,19 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     int pick = first_reaching(target, len);
     if (pick == NONE) pick = len - 1;
     if (tid == 0) out[blockIdx.x] = (unsigned)si[pick];
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    sample_bf16(unsigned *out, const bf16 *logits, const RowParams *params, int cols) {
+    sample_row<false>(out, logits, params, cols, nullptr, nullptr, nullptr, nullptr);
+}
+
+// With penalties: pen_offsets [rows + 1] into pen_words / pen_sub (each row's entries sorted by
+// token), pen_rep [rows] the repetition penalty of each row. A row of more than MAX_PEN entries
+// returns NO_TOKEN.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    sample_bf16_pen(unsigned *out, const bf16 *logits, const RowParams *params, int cols,
+                    const unsigned *pen_offsets, const unsigned *pen_words, const float *pen_sub,
+                    const float *pen_rep) {
+    sample_row<true>(out, logits, params, cols, pen_offsets, pen_words, pen_sub, pen_rep);
 }

@@ -12,10 +12,13 @@ mod common;
 
 use common::Rng;
 use kestrel::backend::Backend;
+use kestrel::engine::penalties::{PenaltyEntry, RowPenalties};
 use kestrel::engine::row_sampling::{sample_with_u, RowSampling};
 use kestrel_cuda::backend::{CudaBackend, CudaTensor};
+use kestrel_cuda::cudarc::driver::CudaSlice;
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::sampling::{pack_params, sample, NO_TOKEN};
+use kestrel_cuda::Bf16;
 
 const VOCAB: usize = 151_936;
 
@@ -98,7 +101,15 @@ fn kernel_tokens(b: &CudaBackend, logits: &CudaTensor, rows: &[RowSampling]) -> 
         .collect();
     let params = s.clone_htod(&host).unwrap();
     let mut out = s.clone_htod(&vec![0xdead_beefu32; rows.len()]).unwrap(); // poisoned
-    sample(b.device(), &logits.data, logits.cols, &params, &mut out).unwrap();
+    sample::<CudaSlice<u32>, CudaSlice<f32>>(
+        b.device(),
+        &logits.data,
+        logits.cols,
+        &params,
+        None,
+        &mut out,
+    )
+    .unwrap();
     s.clone_dtoh(&out).unwrap()
 }
 
@@ -113,7 +124,7 @@ fn kernel_matches_the_reference_on_mixed_rows() {
             let params: Vec<RowSampling> = (0..rows).map(|_| random_params(&mut g)).collect();
             let logits = upload(&b, rows, cols, &host);
             let got = kernel_tokens(&b, &logits, &params);
-            let through_trait = b.sample(&logits, &params).unwrap().unwrap();
+            let through_trait = b.sample(&logits, &params, &[]).unwrap().unwrap();
             for r in 0..rows {
                 let row = &host[r * cols..(r + 1) * cols];
                 let want = sample_with_u(row, &params[r]);
@@ -224,7 +235,7 @@ fn frequencies_follow_the_filtered_distribution() {
         .collect();
     let host: Vec<f32> = (0..n).flat_map(|_| row.iter().copied()).collect();
     let got = b
-        .sample(&upload(&b, n, VOCAB, &host), &params)
+        .sample(&upload(&b, n, VOCAB, &host), &params, &[])
         .unwrap()
         .unwrap();
     let want = filtered_distribution(&row, &base);
@@ -284,13 +295,29 @@ fn timing() {
             let p = s.clone_htod(&host).unwrap();
             let mut out = s.clone_htod(&vec![0u32; rows]).unwrap();
             for _ in 0..3 {
-                sample(b.device(), &logits.data, VOCAB, &p, &mut out).unwrap();
+                sample::<CudaSlice<u32>, CudaSlice<f32>>(
+                    b.device(),
+                    &logits.data,
+                    VOCAB,
+                    &p,
+                    None,
+                    &mut out,
+                )
+                .unwrap();
             }
             s.synchronize().unwrap();
             let t = std::time::Instant::now();
             let n = 50;
             for _ in 0..n {
-                sample(b.device(), &logits.data, VOCAB, &p, &mut out).unwrap();
+                sample::<CudaSlice<u32>, CudaSlice<f32>>(
+                    b.device(),
+                    &logits.data,
+                    VOCAB,
+                    &p,
+                    None,
+                    &mut out,
+                )
+                .unwrap();
             }
             s.synchronize().unwrap();
             let ids = s.clone_dtoh(&out).unwrap();
@@ -301,4 +328,64 @@ fn timing() {
             );
         }
     }
+}
+
+/// Random penalties over `cols` tokens: `n` distinct sorted tokens, each repeated and/or subtracted.
+fn random_penalties(g: &mut Rng, cols: usize, n: usize) -> RowPenalties {
+    let mut tokens: Vec<u32> = (0..n).map(|_| g.below(cols) as u32).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    let reps = [1.0, 1.1, 1.3, 0.8];
+    RowPenalties {
+        repetition: reps[g.below(reps.len())],
+        entries: tokens
+            .into_iter()
+            .map(|token| PenaltyEntry {
+                token,
+                repeated: g.below(4) != 0,
+                subtract: (g.below(2) == 0).then(|| 0.5 + g.below(8) as f32 * 0.3),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn penalties_are_applied_on_the_gpu_as_on_the_host() {
+    let Some(b) = backend() else { return };
+    let mut g = Rng::new("penalties_are_applied_on_the_gpu_as_on_the_host");
+    let mut checked = 0;
+    for &(rows, cols, max_entries) in &[(32, VOCAB, 900), (24, 1000, 300), (8, 4096, 3000)] {
+        let host: Vec<f32> = (0..rows).flat_map(|_| random_row(&mut g, cols)).collect();
+        let params: Vec<RowSampling> = (0..rows).map(|_| random_params(&mut g)).collect();
+        // some rows without penalties, one over the GPU's limit (sampled on the host)
+        let pens: Vec<RowPenalties> = (0..rows)
+            .map(|r| match r % 4 {
+                0 => RowPenalties::default(),
+                _ => {
+                    let n = 1 + g.below(max_entries);
+                    random_penalties(&mut g, cols, n)
+                }
+            })
+            .collect();
+        let logits = upload(&b, rows, cols, &host);
+        let got = b.sample(&logits, &params, &pens).unwrap().unwrap();
+        for r in 0..rows {
+            // the reference on the bf16 values the GPU sees
+            let mut row: Vec<f32> = host[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|&x| Bf16::from_f32(x).to_f32())
+                .collect();
+            pens[r].apply(&mut row);
+            let want = sample_with_u(&row, &params[r]);
+            checked += 1;
+            assert!(
+                got[r] == want || near_an_edge(&row, &params[r], got[r]),
+                "row {r} ({cols} wide, {} penalised, {:?}): GPU {} vs reference {want}",
+                pens[r].entries.len(),
+                params[r],
+                got[r]
+            );
+        }
+    }
+    eprintln!("{checked} penalised rows checked");
 }

@@ -155,7 +155,7 @@ impl CudaBackend {
     ) -> Result<Vec<u32>> {
         let dev = self.device();
         let n = meta.seqs.len();
-        let sampled = matches!(pick, DecodePick::Sample(_));
+        let sampled = matches!(pick, DecodePick::Sample(..));
         let bucket = decode_bucket(n);
         let bs = meta.block_size.max(1);
         let used = meta
@@ -279,12 +279,13 @@ impl CudaBackend {
                 entry.warmed = true;
             }
         }
-        if let DecodePick::Sample(rows) = pick {
+        if let DecodePick::Sample(rows, penalties) = pick {
             let (buf, cols) = entry
                 .logits
                 .as_ref()
                 .ok_or_else(|| KestrelError::Backend("no decode logits to sample".into()))?;
-            return super::sampling::sample_rows(self, &buf.slice(0..n * cols), *cols, rows);
+            let view = buf.slice(0..n * cols);
+            return super::sampling::sample_rows(self, &view, *cols, rows, penalties);
         }
         dev.stream()
             .clone_dtoh(&entry.out.slice(0..n))

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use kestrel::backend::{
     pick_tokens, AttnMetadata, AttnParams, Backend, DecodeForward, DecodePick, KvCacheSpec,
 };
+use kestrel::engine::penalties::RowPenalties;
 use kestrel::engine::row_sampling::RowSampling;
 use kestrel::formats::HostTensor;
 use kestrel::{KestrelError, Result};
@@ -270,7 +271,7 @@ impl Backend for CudaBackend {
     ) -> Result<Vec<u32>> {
         let n = meta.seqs.len();
         let decode = n > 0 && tokens.len() == n && meta.seqs.iter().all(|s| s.query_len == 1);
-        if let DecodePick::Sample(rows) = pick {
+        if let DecodePick::Sample(rows, _) = pick {
             if rows.len() != n {
                 return Err(KestrelError::Backend(format!(
                     "decode step: {} sampling rows for {n} sequences",
@@ -296,8 +297,13 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn sample(&self, logits: &CudaTensor, rows: &[RowSampling]) -> Result<Option<Vec<u32>>> {
-        super::sampling::sample(self, logits, rows).map(Some)
+    fn sample(
+        &self,
+        logits: &CudaTensor,
+        rows: &[RowSampling],
+        penalties: &[RowPenalties],
+    ) -> Result<Option<Vec<u32>>> {
+        super::sampling::sample(self, logits, rows, penalties).map(Some)
     }
 
     fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {

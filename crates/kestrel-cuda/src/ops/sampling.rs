@@ -26,19 +26,74 @@ pub fn pack_params(temperature: f32, top_k: usize, top_p: f32, min_p: f32, u: f3
     ]
 }
 
+/// Penalised entries a row may have on the GPU (`MAX_PEN` in kernels/sampling.cuh); a row with more
+/// gets [`NO_TOKEN`].
+pub const MAX_PENALTY_ENTRIES: usize = 1024;
+
+/// Rows' penalties as the kernel reads them: entries of row `r` at `offsets[r] .. offsets[r + 1]` of
+/// `words` (token | repeated << 31 | subtracts << 30, sorted by token) and `subtract`; `repetition[r]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedPenalties {
+    pub offsets: Vec<u32>,
+    pub words: Vec<u32>,
+    pub subtract: Vec<f32>,
+    pub repetition: Vec<f32>,
+}
+
+/// Packs one row's penalties after another: `(repetition, [(token, repeated, subtract)])`, tokens
+/// ascending and below 2^30.
+pub fn pack_penalties<'a>(
+    rows: impl IntoIterator<Item = (f32, &'a [(u32, bool, Option<f32>)])>,
+) -> Result<PackedPenalties> {
+    let mut p = PackedPenalties {
+        offsets: vec![0],
+        ..Default::default()
+    };
+    for (rep, entries) in rows {
+        for &(token, repeated, sub) in entries {
+            if token >= 1 << 30 {
+                return Err(shape_error(
+                    "pack_penalties",
+                    format!("token {token} >= 2^30"),
+                ));
+            }
+            p.words
+                .push(token | (repeated as u32) << 31 | (sub.is_some() as u32) << 30);
+            p.subtract.push(sub.unwrap_or(0.0));
+        }
+        p.offsets.push(p.words.len() as u32);
+        p.repetition.push(rep);
+    }
+    Ok(p)
+}
+
+/// The penalties a [`sample`] launch reads, on the device.
+pub struct PenaltyArgs<'a, U, F> {
+    pub offsets: &'a U,
+    pub words: &'a U,
+    pub subtract: &'a F,
+    pub repetition: &'a F,
+}
+
 /// `out[r]` = the token row `r` of `logits` (`[out.len(), cols]`) gives under `params[r]`
-/// ([`pack_params`]), or [`NO_TOKEN`].
-pub fn sample(
+/// ([`pack_params`]), or [`NO_TOKEN`]; with `penalties`, after row `r`'s.
+pub fn sample<U: DevicePtr<u32>, F: DevicePtr<f32>>(
     dev: &CudaDevice,
     logits: &impl DevicePtr<Bf16>,
     cols: usize,
     params: &impl DevicePtr<u32>,
+    penalties: Option<&PenaltyArgs<'_, U, F>>,
     out: &mut impl DevicePtrMut<u32>,
 ) -> Result<()> {
     const OP: &str = "sample";
     let rows = logits_rows(OP, logits.len(), cols)?;
     expect_len(OP, "out", out.len(), rows)?;
     expect_len(OP, "params", params.len(), rows * PARAM_WORDS)?;
+    if let Some(pen) = penalties {
+        expect_len(OP, "penalty offsets", pen.offsets.len(), rows + 1)?;
+        expect_len(OP, "penalty repetition", pen.repetition.len(), rows)?;
+        expect_len(OP, "penalty subtract", pen.subtract.len(), pen.words.len())?;
+    }
     if rows == 0 {
         return Ok(());
     }
@@ -57,16 +112,20 @@ pub fn sample(
         block_dim: (1024, 1, 1), // the kernel's THREADS
         shared_mem_bytes: 0,
     };
-    launch(
-        dev,
-        &SAMPLING,
-        "sample_bf16",
-        cfg,
-        &[
-            Arg::Ptr(o),
-            Arg::Ptr(l),
-            Arg::Ptr(p),
-            Arg::I32(to_i32(OP, "cols", cols)?),
-        ],
-    )
+    let mut args = vec![
+        Arg::Ptr(o),
+        Arg::Ptr(l),
+        Arg::Ptr(p),
+        Arg::I32(to_i32(OP, "cols", cols)?),
+    ];
+    let Some(pen) = penalties else {
+        return launch(dev, &SAMPLING, "sample_bf16", cfg, &args);
+    };
+    // (the caller keeps the buffers alive; the guards only order the stream)
+    let (po, _g1) = pen.offsets.device_ptr(s);
+    let (pw, _g2) = pen.words.device_ptr(s);
+    let (ps, _g3) = pen.subtract.device_ptr(s);
+    let (pr, _g4) = pen.repetition.device_ptr(s);
+    args.extend([Arg::Ptr(po), Arg::Ptr(pw), Arg::Ptr(ps), Arg::Ptr(pr)]);
+    launch(dev, &SAMPLING, "sample_bf16_pen", cfg, &args)
 }

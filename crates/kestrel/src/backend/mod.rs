@@ -9,6 +9,7 @@ mod metadata;
 
 pub use metadata::{AttnMetadata, KvCacheSpec, SeqSlice};
 
+use crate::engine::penalties::RowPenalties;
 use crate::engine::row_sampling::{sample_with_u, RowSampling};
 use crate::formats::HostTensor;
 use crate::Result;
@@ -140,15 +141,17 @@ pub trait Backend: Send + Sync {
             .collect())
     }
 
-    /// Samples one token per row of `logits` under `rows[r]` (settings and the step's uniform draw),
-    /// with exactly the semantics of [`crate::engine::row_sampling::sample_with_u`], so only token ids
+    /// Samples one token per row of `logits` under `rows[r]` (settings and the step's uniform draw)
+    /// after `penalties[r]` (empty: no row has any), with exactly the semantics of
+    /// [`RowPenalties::apply`] then [`crate::engine::row_sampling::sample_with_u`], so only token ids
     /// cross to the host. `Ok(None)`: not supported here, the caller samples on the host (this default).
     fn sample(
         &self,
         logits: &Self::Tensor,
-        rows: &[crate::engine::row_sampling::RowSampling],
+        rows: &[RowSampling],
+        penalties: &[RowPenalties],
     ) -> Result<Option<Vec<u32>>> {
-        let _ = (logits, rows);
+        let _ = (logits, rows, penalties);
         Ok(None)
     }
 
@@ -203,9 +206,9 @@ pub trait Backend: Send + Sync {
 pub enum DecodePick<'a> {
     /// The largest logit (ties to the lowest id).
     Argmax,
-    /// Sampled under each row's settings and draw ([`RowSampling`]; penalties already excluded:
-    /// they need the token history, which stays on the host).
-    Sample(&'a [RowSampling]),
+    /// Sampled under each row's settings and draw ([`RowSampling`]) after its penalties (an empty
+    /// slice: no row has any).
+    Sample(&'a [RowSampling], &'a [RowPenalties]),
 }
 
 /// `pick` applied to `logits` (one row per entry of a `Sample` pick): on the backend where it can,
@@ -217,20 +220,26 @@ pub fn pick_tokens<B: Backend + ?Sized>(
 ) -> Result<Vec<u32>> {
     match pick {
         DecodePick::Argmax => backend.argmax(logits),
-        DecodePick::Sample(rows) => match backend.sample(logits, rows)? {
+        DecodePick::Sample(rows, penalties) => match backend.sample(logits, rows, penalties)? {
             Some(ids) => Ok(ids),
             None => {
-                let (n, cols, data) = backend.to_host(logits)?;
-                if n != rows.len() {
+                let (n, cols, mut data) = backend.to_host(logits)?;
+                if n != rows.len() || !(penalties.is_empty() || penalties.len() == n) {
                     return Err(crate::KestrelError::Engine(format!(
-                        "{n} logits rows for {} sampling rows",
-                        rows.len()
+                        "{n} logits rows for {} sampling rows and {} penalty rows",
+                        rows.len(),
+                        penalties.len()
                     )));
                 }
                 Ok(data
-                    .chunks(cols.max(1))
-                    .zip(rows)
-                    .map(|(row, r)| sample_with_u(row, r))
+                    .chunks_mut(cols.max(1))
+                    .enumerate()
+                    .map(|(r, row)| {
+                        if let Some(p) = penalties.get(r) {
+                            p.apply(row);
+                        }
+                        sample_with_u(row, &rows[r])
+                    })
                     .collect())
             }
         },

@@ -3,55 +3,69 @@
 //!
 //! Every request owns its RNG and draws exactly once per token it generates, so a seeded request
 //! gives the same tokens whatever else shares its batches, and preemption (recompute) does not
-//! disturb it. When every row is plain greedy the argmax runs on the backend; when no row has
-//! penalties the backend samples (`Backend::sample`); either way the logits never cross to the host.
+//! disturb it. When every row is plain greedy the argmax runs on the backend; otherwise the backend
+//! samples (`Backend::sample`, penalties included): either way the logits never cross to the host,
+//! unless the backend has no sampling op.
 
 use rayon::prelude::*;
 
+use super::penalties::RowPenalties;
 use super::row_sampling::{sample_with_u, RowSampling};
 use super::runner::StepLogits;
 use super::sampling::Sampler;
 use crate::backend::Backend;
 use crate::{KestrelError, Result};
 
-/// Rows without penalties are sampled by the backend (`Backend::sample`: only ids come back) with
-/// each request's one draw for the step; if any row needs penalties (host-only: they read the token
-/// history), or the backend has no sampling op, every row of the step is sampled on the host from the
-/// same draws, so a request's tokens do not depend on which path its batch took.
+/// This step's draw of each sampler (`drawn`, if the caller took them already) and its penalties
+/// (empty when no row has any).
+pub fn step_rows(
+    samplers: &mut [&mut Sampler],
+    drawn: Option<&[RowSampling]>,
+) -> Result<(Vec<RowSampling>, Vec<RowPenalties>)> {
+    let rows: Vec<RowSampling> = match drawn {
+        Some(rows) if rows.len() == samplers.len() => rows.to_vec(),
+        Some(rows) => {
+            return Err(KestrelError::Engine(format!(
+                "{} draws for {} sampling sequences",
+                rows.len(),
+                samplers.len()
+            )))
+        }
+        None => samplers.iter_mut().map(|s| s.draw()).collect(),
+    };
+    let penalties = if samplers.iter().any(|s| s.has_penalties()) {
+        samplers.iter().map(|s| s.penalties()).collect()
+    } else {
+        Vec::new()
+    };
+    Ok((rows, penalties))
+}
+
+/// Every row sampled by the backend (`Backend::sample`: only ids come back) with each request's one
+/// draw for the step and its penalties; if the backend has no sampling op, on the host from the same
+/// draws and penalties, so a request's tokens do not depend on which path its batch took.
 fn device_or_host<B: Backend>(
     backend: &B,
     logits: &B::Tensor,
     samplers: &mut [&mut Sampler],
     drawn: Option<&[RowSampling]>,
 ) -> Result<Vec<u32>> {
-    if !samplers.iter().any(|s| s.needs_host()) {
-        let rows: Vec<RowSampling> = match drawn {
-            Some(rows) if rows.len() == samplers.len() => rows.to_vec(),
-            Some(rows) => {
-                return Err(KestrelError::Engine(format!(
-                    "{} draws for {} sampling sequences",
-                    rows.len(),
-                    samplers.len()
-                )))
-            }
-            None => samplers.iter_mut().map(|s| s.draw()).collect(),
-        };
-        if let Some(ids) = backend.sample(logits, &rows)? {
-            return Ok(ids);
-        }
-        let (_, vocab, data) = host_rows(backend, logits, samplers.len())?;
-        // rows are independent and each may sort the whole vocabulary: one per core
-        return Ok(data
-            .par_chunks(vocab.max(1))
-            .zip(rows.par_iter())
-            .map(|(row, r)| sample_with_u(row, r))
-            .collect());
+    let (rows, penalties) = step_rows(samplers, drawn)?;
+    if let Some(ids) = backend.sample(logits, &rows, &penalties)? {
+        return Ok(ids);
     }
     let (_, vocab, mut data) = host_rows(backend, logits, samplers.len())?;
+    // rows are independent and each may select over the whole vocabulary: one per core
     Ok(data
         .par_chunks_mut(vocab.max(1))
-        .zip(samplers.par_iter_mut())
-        .map(|(row, s)| s.sample(row))
+        .zip(rows.par_iter())
+        .enumerate()
+        .map(|(k, (row, r))| {
+            if let Some(p) = penalties.get(k) {
+                p.apply(row);
+            }
+            sample_with_u(row, r)
+        })
         .collect())
 }
 

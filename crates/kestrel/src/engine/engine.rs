@@ -11,11 +11,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::batch_sampler::sample_step;
+use super::batch_sampler::{sample_step, step_rows};
 use super::generate::FinishReason;
 use super::loaded::LoadedModel;
 use super::request::{Output, Prompt, Request, RequestId, RequestOutput};
-use super::row_sampling::RowSampling;
 use super::runner::Runner;
 use super::sampling::{Sampler, SamplingParams};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqParams};
@@ -259,22 +258,25 @@ impl<B: Backend> Engine<B> {
             .into_iter()
             .collect::<Option<_>>()
             .ok_or_else(|| KestrelError::Engine("a scheduled sequence has no request".into()))?;
-        // Greedy rows take the argmax on the backend; sampled rows without penalties sample there
-        // with this step's draws (drawn now, once: the decode graph path samples inside the step),
-        // rows with penalties on the host.
+        // Greedy rows take the argmax on the backend; otherwise every row samples there with this
+        // step's draws and penalties (drawn now, once: the decode graph path samples inside the step).
         let all_greedy = samplers.iter().all(|s| s.params().is_plain_greedy());
-        let drawn: Option<Vec<RowSampling>> = (!all_greedy
-            && !samplers.iter().any(|s| s.needs_host()))
-        .then(|| samplers.iter_mut().map(|s| s.draw()).collect());
-        let pick = match &drawn {
-            _ if all_greedy => Some(DecodePick::Argmax),
-            Some(rows) => Some(DecodePick::Sample(rows)),
-            None => None,
+        let drawn = if all_greedy {
+            None
+        } else {
+            Some(step_rows(&mut samplers, None)?)
         };
-        let step = self.runner.run(&self.backend, &self.model, &batch, pick)?;
+        let pick = match &drawn {
+            None => DecodePick::Argmax,
+            Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
+        };
+        let step = self
+            .runner
+            .run(&self.backend, &self.model, &batch, Some(pick))?;
         let mut sampled = vec![None; batch.seqs.len()];
         if let Some(step) = step {
-            let ids = sample_step(&self.backend, step, &mut samplers, drawn.as_deref())?;
+            let rows = drawn.as_ref().map(|(rows, _)| rows.as_slice());
+            let ids = sample_step(&self.backend, step, &mut samplers, rows)?;
             for (&k, id) in sampling.iter().zip(ids) {
                 sampled[k] = Some(id);
             }

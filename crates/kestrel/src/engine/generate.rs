@@ -212,12 +212,6 @@ impl<B: Backend> SingleSequence<B> {
     }
 }
 
-/// What a forward step left for choosing the next token.
-enum Next {
-    Token(u32),
-    Logits(Vec<f32>),
-}
-
 /// Generates from `prompt`, calling `on_text` with each piece of text as it is ready.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
@@ -250,24 +244,20 @@ pub fn generate<B: Backend>(
     };
 
     // Greedy decoding takes the argmax on the backend and sampling samples there (one draw per token
-    // from the request's RNG, as on the host), so only token ids cross; penalties read the token
-    // history, so those requests sample host logits.
+    // from the request's RNG and its penalties, as on the host), so only token ids cross.
     let greedy = params.is_plain_greedy();
     let feed =
-        |seq: &mut SingleSequence<B>, sampler: &mut Sampler, tokens: &[u32]| -> Result<Next> {
+        |seq: &mut SingleSequence<B>, sampler: &mut Sampler, tokens: &[u32]| -> Result<u32> {
             if greedy {
-                Ok(Next::Token(seq.feed_argmax(backend, model, tokens)?))
-            } else if !sampler.needs_host() {
-                let row = [sampler.draw()];
-                let pick = DecodePick::Sample(&row);
-                Ok(Next::Token(seq.feed_pick(backend, model, tokens, pick)?))
-            } else {
-                Ok(Next::Logits(
-                    seq.feed(backend, model, tokens, false)?
-                        .pop()
-                        .unwrap_or_default(),
-                ))
+                return seq.feed_argmax(backend, model, tokens);
             }
+            let row = [sampler.draw()];
+            let penalties = if sampler.has_penalties() {
+                vec![sampler.penalties()]
+            } else {
+                Vec::new()
+            };
+            seq.feed_pick(backend, model, tokens, DecodePick::Sample(&row, &penalties))
         };
 
     let t0 = Instant::now();
@@ -278,10 +268,7 @@ pub fn generate<B: Backend>(
     let mut finish = FinishReason::Length;
     let mut stopped_by_string = false;
     while tokens.len() < max_new {
-        let next = match pending {
-            Next::Token(t) => t,
-            Next::Logits(mut logits) => sampler.sample(&mut logits),
-        };
+        let next = pending;
         sampler.accept(next);
         tokens.push(next);
         if is_stop_token(next) {

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod generate;
 pub mod handle;
 pub mod loaded;
+pub mod penalties;
 pub mod request;
 pub mod row_sampling;
 pub mod runner;

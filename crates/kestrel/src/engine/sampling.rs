@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::penalties::{PenaltyEntry, RowPenalties};
 use super::row_sampling::{sample_with_u, RowSampling};
 use crate::{KestrelError, Result};
 
@@ -126,9 +127,8 @@ impl Sampler {
         *self.generated.entry(token).or_insert(0) += 1;
     }
 
-    /// Whether this request's step needs the host: penalties read the token history, which only
-    /// the host keeps (rows without them can be sampled on the device with [`Sampler::draw`]).
-    pub fn needs_host(&self) -> bool {
+    /// Whether this request penalises repeated tokens (see [`Sampler::penalties`]).
+    pub fn has_penalties(&self) -> bool {
         let p = &self.params;
         p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
     }
@@ -159,24 +159,36 @@ impl Sampler {
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
+        self.penalties().apply(logits);
+    }
+
+    /// This request's penalties now (none when it has none): every token of the prompt and output
+    /// for the repetition penalty, the output's counts for presence / frequency.
+    pub fn penalties(&self) -> RowPenalties {
         let p = &self.params;
-        if p.repetition_penalty != 1.0 {
-            for &t in self.seen.keys() {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
-                    } else {
-                        *l * p.repetition_penalty
-                    };
-                }
-            }
+        if !self.has_penalties() {
+            return RowPenalties::default();
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-            for (&t, &n) in &self.generated {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
-                }
-            }
+        let subtracts = p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let mut entries: Vec<PenaltyEntry> = self
+            .seen
+            .keys()
+            .map(|&t| PenaltyEntry {
+                token: t,
+                repeated: p.repetition_penalty != 1.0,
+                subtract: match self.generated.get(&t) {
+                    Some(&n) if subtracts => {
+                        Some(p.presence_penalty + p.frequency_penalty * n as f32)
+                    }
+                    _ => None,
+                },
+            })
+            .filter(|e| e.repeated || e.subtract.is_some())
+            .collect();
+        entries.sort_unstable_by_key(|e| e.token);
+        RowPenalties {
+            repetition: p.repetition_penalty,
+            entries,
         }
     }
 }
