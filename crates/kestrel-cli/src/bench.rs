@@ -16,7 +16,8 @@ use kestrel::engine::batch::{SequenceBatch, PREFILL_BATCH_TOKENS};
 use kestrel::engine::generate::SingleSequence;
 use serde_json::json;
 
-use kestrel::backend::Backend;
+use kestrel::backend::{Backend, DecodePick};
+use kestrel::engine::row_sampling::RowSampling;
 
 use crate::common::{ModelArgs, Ready, WithModel};
 
@@ -123,18 +124,42 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         results.push((format!("pp{}", args.n_prompt), mean_sd(&speeds)));
     }
     if args.batch == 1 && args.n_gen > 0 {
+        // --temperature T > 0: each token sampled at T (no other filter) on the backend, as
+        // `kestrel run` does, instead of the argmax
+        let temperature = args.engine.temperature;
+        let mut draws = 0x9e37_79b9_7f4a_7c15u64;
         let mut speeds = Vec::new();
         for rep in 0..=args.repetitions {
             let mut seq = SingleSequence::new(&backend, model, args.n_gen)?;
             let t = Instant::now();
             for i in 0..args.n_gen {
-                seq.feed_argmax(&backend, model, &tokens[i % tokens.len()..][..1])?;
+                let token = &tokens[i % tokens.len()..][..1];
+                if temperature > 0.0 {
+                    draws = draws
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let row = [RowSampling {
+                        temperature,
+                        top_k: 0,
+                        top_p: 1.0,
+                        min_p: 0.0,
+                        u: (draws >> 40) as f32 / (1u64 << 24) as f32,
+                    }];
+                    seq.feed_pick(&backend, model, token, DecodePick::Sample(&row, &[]))?;
+                } else {
+                    seq.feed_argmax(&backend, model, token)?;
+                }
             }
             if rep > 0 {
                 speeds.push(args.n_gen as f64 / t.elapsed().as_secs_f64());
             }
         }
-        results.push((format!("tg{}", args.n_gen), mean_sd(&speeds)));
+        let label = if temperature > 0.0 {
+            format!("tg{} (T={temperature})", args.n_gen)
+        } else {
+            format!("tg{}", args.n_gen)
+        };
+        results.push((label, mean_sd(&speeds)));
     }
     let model_name = loaded.source.path().display().to_string();
     let backend_name = backend.name();

@@ -50,7 +50,7 @@ pub struct ThroughputArgs {
     /// Seed of the workload's lengths and token ids (and of the sampler)
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
-    /// Sampling temperature of every request (0 = greedy)
+    /// Sampling temperature of every request (0 = greedy); also batch-1 tg: each token sampled at T
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// --sweep: concurrencies, comma-separated
