@@ -2,7 +2,8 @@
 # gpu-decode-check.sh: one device call that checks and times the CUDA backend at full size:
 # every bundled kestrel_cuda test, the parity check (0.6B and 4B, checkpoints kept), then
 # `kestrel bench` at both shapes in each of $VARIANTS (default: pdl nopdl nofuse eager: PDL on,
-# KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager; nofuseqk = KESTREL_FUSE_QK=0; none), and with NCU=1 the per-kernel GPU time of a few
+# KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager; nofuseqk = KESTREL_FUSE_QK=0; sampled[-eager] =
+# tg at temperature 0.7 on the GPU sampler; none), and with NCU=1 the per-kernel GPU time of a few
 # eager decode steps (ncu, caches and clocks left alone) into ncu-<shape>.csv.
 # Env: SKIP_TESTS=1, SKIP_PARITY=1 (then only makes the checkpoints), PARITY_SHAPES, BENCH_SHAPES,
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
@@ -48,6 +49,8 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       nopdl) env=(KESTREL_PDL=0); extra=() ;;
       nofuse) env=(KESTREL_FUSE_NORM=0); extra=() ;;
       nofuseqk) env=(KESTREL_FUSE_QK=0); extra=() ;;
+      sampled) env=(); extra=(--temperature 0.7) ;;
+      sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;
