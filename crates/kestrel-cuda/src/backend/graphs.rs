@@ -74,9 +74,6 @@ pub(crate) struct DecodeEntry {
     meta: MetaPool,
     ids: Arc<CudaSlice<u32>>,
     out: CudaSlice<u32>,
-    /// Sampled steps: the step's logits, copied out of the graph's own memory (allocated by the
-    /// first, eager step).
-    logits: Option<(CudaSlice<Bf16>, usize)>,
     workspace: Workspace,
     warmed: bool,
     /// Capture failed once: this shape runs eagerly from then on.
@@ -96,6 +93,10 @@ pub(crate) struct DecodeGraphs {
     /// addresses and size).
     key: Vec<u64>,
     entries: HashMap<(usize, usize, bool), DecodeEntry>,
+    /// Sampled steps copy their logits here, out of the graph's own memory: one buffer of
+    /// [`MAX_GRAPH_BATCH`] rows shared by every shape (allocated by the first sampled step, eagerly;
+    /// a new model, whose graphs are all dropped first, may need another width), and the row width.
+    logits: Option<(CudaSlice<Bf16>, usize)>,
 }
 
 fn graph_key(be: &CudaBackend, forward_id: u64, cache: &CudaKvCache) -> Vec<u64> {
@@ -177,13 +178,17 @@ impl CudaBackend {
             }
             graphs.key = key;
         }
-        let entry = match graphs.entries.entry((bucket, width, sampled)) {
+        let DecodeGraphs {
+            entries,
+            logits: kept_logits,
+            ..
+        } = &mut *graphs;
+        let entry = match entries.entry((bucket, width, sampled)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(DecodeEntry {
                 meta: decode_pool(dev, bucket, width)?,
                 ids: Arc::new(self.alloc::<u32>(bucket)?),
                 out: self.alloc::<u32>(bucket)?,
-                logits: None,
                 workspace: Arc::new(Mutex::new(None)),
                 warmed: false,
                 failed: false,
@@ -225,17 +230,20 @@ impl CudaBackend {
                 )));
             }
             if sampled {
-                if kept.as_ref().is_none_or(|k| k.0.len() != logits.data.len()) {
+                if kept.as_ref().is_none_or(|k| k.1 != logits.cols) {
                     if capturing {
                         return Err(KestrelError::Backend(
                             "decode logits buffer missing inside a graph capture".into(),
                         ));
                     }
-                    *kept = Some((self.alloc::<Bf16>(logits.data.len())?, logits.cols));
+                    *kept = None; // free the old one first
+                    let rows = MAX_GRAPH_BATCH;
+                    *kept = Some((self.alloc::<Bf16>(rows * logits.cols)?, logits.cols));
                 }
                 let (buf, _) = kept.as_mut().expect("allocated above");
+                let mut rows = buf.slice_mut(0..logits.data.len());
                 dev.stream()
-                    .memcpy_dtod(&logits.data, buf)
+                    .memcpy_dtod(&logits.data, &mut rows)
                     .map_err(|e| KestrelError::Backend(format!("copying decode logits: {e}")))?;
                 dev.count_launch();
             } else {
@@ -251,7 +259,7 @@ impl CudaBackend {
             let s = dev.stream();
             s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| KestrelError::Backend(format!("starting a graph capture: {e}")))?;
-            let ran = run(&mut entry.out, &mut entry.logits, stage(true));
+            let ran = run(&mut entry.out, kept_logits, stage(true));
             let graph = s.end_capture(CUgraphInstantiate_flags(0));
             match (ran, graph) {
                 (Ok(()), Ok(Some(g))) => entry.graph = Some(SendGraph(g)),
@@ -275,13 +283,12 @@ impl CudaBackend {
                     .map_err(|e| KestrelError::Backend(format!("replaying a decode graph: {e}")))?
             }
             _ => {
-                run(&mut entry.out, &mut entry.logits, stage(false))?;
+                run(&mut entry.out, kept_logits, stage(false))?;
                 entry.warmed = true;
             }
         }
         if let DecodePick::Sample(rows, penalties) = pick {
-            let (buf, cols) = entry
-                .logits
+            let (buf, cols) = kept_logits
                 .as_ref()
                 .ok_or_else(|| KestrelError::Backend("no decode logits to sample".into()))?;
             let view = buf.slice(0..n * cols);
