@@ -2,8 +2,9 @@
 // attention_decode_qk.cu (q/k norm + RoPE + cache write fused in).
 // Decode attention (one query token per sequence) over the paged KV cache: flash-decoding, i.e.
 // split-K over the context, then a reduce that merges the partitions.
-//   q, out: [num_tokens, num_heads * head_dim]; sequence s owns token cu_seqlens_q[s] (its query
-//     length is 0 or 1; 0 = a padding sequence, which writes nothing)
+//   q, out: [num_tokens, num_heads * head_dim]; sequence s owns token cu_seqlens_q[s] if its query
+//     length is 1; any other length writes nothing (0: a padding sequence; more: a prefill row of a
+//     mixed step, which the prefill kernel handles)
 //   k_cache, v_cache: [num_slots, num_kv_heads * head_dim], key position pos of sequence s at slot
 //     block_tables[s * max_blocks + pos / block_size] * block_size + pos % block_size
 //   workspace: ml [num_seqs, num_heads, max_partitions, 2] (running max, sum of exp), then
@@ -81,7 +82,7 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
     pdl_enter();
     const int s = blockIdx.y, p = blockIdx.z;
     const int q_token = (int)cu_seqlens_q[s];
-    if ((int)cu_seqlens_q[s + 1] - q_token <= 0) return;
+    if ((int)cu_seqlens_q[s + 1] - q_token != 1) return;  // padding, or a mixed step's prefill row
     const int ctx = (int)context_lens[s];
     const int part = partition_size(ctx, max_partitions);
     const int nparts = partition_count(ctx, part);

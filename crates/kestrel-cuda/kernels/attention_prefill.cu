@@ -11,6 +11,8 @@
 // column chunks tx + 16 c. The 16 threads of a row are one half-warp, so row maxima and sums are
 // half-warp shuffles. Keys past the context are zero-filled, never read (the cache may hold anything
 // there), and masked with -inf before the softmax.
+// skip_single: sequences with exactly one query are left alone (a mixed step's decode rows, which the
+// split-K decode kernel handles in a launch of its own).
 // Numerics: f32 dot products, expf, f32 accumulation; the output is rounded to bf16 once. A query
 // with no keys (an inconsistent context length) yields zeros.
 // Launch: grid (ceil(max_query_len / BQ), num_heads, num_seqs), block PREFILL_THREADS, dynamic
@@ -29,7 +31,8 @@ __device__ void prefill_tile(bf16 *__restrict__ out, const bf16 *__restrict__ q,
                              const unsigned *__restrict__ cu_seqlens_q,
                              const unsigned *__restrict__ context_lens,
                              const unsigned *__restrict__ block_tables, int num_heads,
-                             int num_kv_heads, int block_size, int max_blocks, float scale) {
+                             int num_kv_heads, int block_size, int max_blocks, float scale,
+                             int skip_single) {
     constexpr int LD = D + 8;         // bf16 row stride of Q/K/V tiles: 16-byte rows, no bank conflicts
     constexpr int CH16 = D / 8;       // 16-byte chunks per row
     constexpr int CH4 = D / 4;        // 4-element chunks per row (P.V columns)
@@ -44,7 +47,7 @@ __device__ void prefill_tile(bf16 *__restrict__ out, const bf16 *__restrict__ q,
     const int q_start = (int)cu_seqlens_q[s];
     const int qlen = (int)cu_seqlens_q[s + 1] - q_start;
     const int q0 = qt * BQ;
-    if (q0 >= qlen) return;
+    if (q0 >= qlen || (skip_single && qlen == 1)) return;
     const int rows = min(BQ, qlen - q0);
     const int first_pos = (int)context_lens[s] - qlen + q0;  // position of this tile's row 0
     const int kend = first_pos + rows;                         // keys [0, kend) are needed
@@ -191,10 +194,11 @@ __device__ void prefill_tile(bf16 *__restrict__ out, const bf16 *__restrict__ q,
     extern "C" __global__ void __launch_bounds__(PREFILL_THREADS) attention_prefill_d##D(           \
         bf16 *out, const bf16 *q, const bf16 *k_cache, const bf16 *v_cache,                         \
         const unsigned *cu_seqlens_q, const unsigned *context_lens, const unsigned *block_tables,   \
-        int num_heads, int num_kv_heads, int block_size, int max_blocks, float scale) {             \
+        int num_heads, int num_kv_heads, int block_size, int max_blocks, float scale,               \
+        int skip_single) {                                                                          \
         pdl_enter();                                                                                \
         prefill_tile<D>(out, q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables,        \
-                        num_heads, num_kv_heads, block_size, max_blocks, scale);                    \
+                        num_heads, num_kv_heads, block_size, max_blocks, scale, skip_single);       \
     }
 
 // One instance per supported head_dim (src/ops/attention.rs: HEAD_DIMS).

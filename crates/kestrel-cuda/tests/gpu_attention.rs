@@ -190,8 +190,15 @@ impl Batch {
     }
 
     /// Runs the GPU op (on NaN-poisoned out and workspace) and returns its output.
-    fn run(&self, dev: &CudaDevice, max_partitions: usize) -> Result<Vec<f32>, CudaError> {
+    /// `split`: a mixed batch's one-query rows go to the decode kernel (else all to the prefill one).
+    fn run(
+        &self,
+        dev: &CudaDevice,
+        max_partitions: usize,
+        split: bool,
+    ) -> Result<Vec<f32>, CudaError> {
         let max_query_len = self.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0);
+        let singles = self.seqs.iter().filter(|&&(q, _)| q == 1).count();
         let n = self.num_tokens() * self.shape.num_heads * self.shape.head_dim;
         let (cu, ctx, bt) = (
             upload(dev, &self.cu_seqlens),
@@ -202,6 +209,7 @@ impl Batch {
             num_seqs: self.seqs.len(),
             num_tokens: self.num_tokens(),
             max_query_len,
+            single_query_seqs: if split { singles } else { 0 },
             cu_seqlens_q: &cu,
             context_lens: &ctx,
             block_tables: &bt,
@@ -284,9 +292,16 @@ fn check(
     max_partitions: usize,
 ) {
     let b = Batch::new(rng, heads, bs, seqs);
-    let got = b.run(dev, max_partitions).unwrap();
-    let what = format!("{what} heads {heads:?} block_size {bs} partitions {max_partitions}");
-    assert_close(&what, &got, &b.reference(), heads.2);
+    let reference = b.reference();
+    // a mixed batch: its one-query rows through the prefill kernel, and through the decode kernel
+    let mixed = seqs.iter().any(|&(q, _)| q > 1) && seqs.iter().any(|&(q, _)| q == 1);
+    for split in if mixed { vec![false, true] } else { vec![true] } {
+        let got = b.run(dev, max_partitions, split).unwrap();
+        let what = format!(
+            "{what} heads {heads:?} block_size {bs} partitions {max_partitions} split {split}"
+        );
+        assert_close(&what, &got, &reference, heads.2);
+    }
 }
 
 fn decodes(rng: &mut Rng, n: usize, max_ctx: usize) -> Vec<(usize, usize)> {
@@ -374,6 +389,8 @@ fn prefill_matches_the_reference() {
             (2, 2),
         ];
         check(dev, &mut rng, "mixed", heads, 256, &mixed, 1);
+        // ... and the decode rows split over partitions when the decode kernel takes them
+        check(dev, &mut rng, "mixed split-K", heads, 256, &mixed, 8);
     }
     // the tile path serving only short queries, a GQA group of 3 with an odd block size, and
     // every other head_dim with a kernel instance
@@ -455,6 +472,7 @@ fn launch_with(
         num_seqs: b.seqs.len(),
         num_tokens: b.seqs.iter().map(|&(q, _)| q).sum(),
         max_query_len: b.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0),
+        single_query_seqs: 0,
         cu_seqlens_q: &cu,
         context_lens: &ctx,
         block_tables: &bt,
@@ -553,6 +571,7 @@ fn check_fused_qk(
         num_seqs: seqs.len(),
         num_tokens: n,
         max_query_len: 1,
+        single_query_seqs: seqs.iter().filter(|&&(q, _)| q == 1).count(),
         cu_seqlens_q: &cu,
         context_lens: &ctx,
         block_tables: &bt,

@@ -62,6 +62,14 @@ fn fuse_qk_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KESTREL_FUSE_QK").map_or(true, |v| v != "0"))
 }
 
+/// Whether a mixed step's decode rows go to the split-K decode kernel (a second launch) rather than
+/// the prefill kernel: on unless `KESTREL_SPLIT_MIXED=0` (to measure what it brings). A decode row
+/// then goes through the kernel it takes in a pure decode step.
+fn split_mixed_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KESTREL_SPLIT_MIXED").map_or(true, |v| v != "0"))
+}
+
 fn check_layer(cache: &CudaKvCache, layer: usize) -> Result<()> {
     if layer >= cache.k.len() {
         return Err(KestrelError::Backend(format!(
@@ -234,6 +242,11 @@ impl CudaBackend {
             num_seqs: meta.num_seqs,
             num_tokens: meta.num_tokens,
             max_query_len: meta.max_query_len,
+            single_query_seqs: if split_mixed_enabled() {
+                meta.single_query_seqs
+            } else {
+                0
+            },
             cu_seqlens_q: &cu,
             context_lens: &ctx,
             block_tables: &tables,

@@ -67,6 +67,8 @@ pub struct CudaMetadata {
     pub num_tokens: usize,
     pub num_seqs: usize,
     pub max_query_len: usize,
+    /// Sequences with exactly one new token (decodes; in a mixed step, the decode kernel's rows).
+    pub single_query_seqs: usize,
     pub max_context_len: usize,
     pub max_blocks_per_seq: usize,
     pub block_size: usize,
@@ -112,6 +114,7 @@ impl CudaMetadata {
         host[pos..pos + num_tokens].copy_from_slice(&meta.positions);
         host[slots..slots + num_tokens].copy_from_slice(&meta.slot_mapping);
         let mut max_query_len = 0;
+        let mut single_query_seqs = 0;
         let mut max_context_len = 0;
         for (i, s) in meta.seqs.iter().enumerate() {
             host[cu + i] = s.query_start as u32;
@@ -126,6 +129,7 @@ impl CudaMetadata {
             }
             host[tables + i * max_blocks..][..used].copy_from_slice(&s.block_table[..used]);
             max_query_len = max_query_len.max(s.query_len);
+            single_query_seqs += (s.query_len == 1) as usize;
             max_context_len = max_context_len.max(s.context_len);
         }
         host[cu + num_seqs] = num_tokens as u32;
@@ -136,6 +140,7 @@ impl CudaMetadata {
             num_tokens,
             num_seqs,
             max_query_len,
+            single_query_seqs,
             max_context_len,
             max_blocks_per_seq: max_blocks,
             block_size: bs,
@@ -167,6 +172,7 @@ impl CudaMetadata {
             num_tokens: bucket,
             num_seqs: bucket,
             max_query_len: 1,
+            single_query_seqs: bucket,
             max_context_len,
             max_blocks_per_seq: width,
             block_size,

@@ -45,6 +45,11 @@ pub struct AttnBatch<'a, U> {
     /// The longest query length in the batch (host-known); 1 means every sequence decodes, which
     /// takes the split-K decode path.
     pub max_query_len: usize,
+    /// In a mixed step (`max_query_len > 1`), how many sequences have exactly one query: when
+    /// non-zero the split-K decode kernel takes those and the prefill kernel the rest (two launches;
+    /// a one-query row in prefill tiles reads its keys once per q head, in one CTA). 0 = the
+    /// prefill kernel takes every row.
+    pub single_query_seqs: usize,
     /// `[num_seqs + 1]`: sequence `s` owns query rows `cu_seqlens_q[s] .. cu_seqlens_q[s + 1]`.
     pub cu_seqlens_q: &'a U,
     /// `[num_seqs]`: keys in the cache after this step, the new tokens included.
@@ -350,7 +355,8 @@ fn run<U: DevicePtr<u32>>(
         batch.block_tables.len(),
     )?;
     let decode = batch.max_query_len == 1;
-    if decode {
+    let split = !decode && batch.single_query_seqs > 0;
+    if decode || split {
         let want = attention_workspace_len(shape, num_seqs, max_partitions);
         if bufs.workspace.1 < want {
             return Err(shape_error(
@@ -436,8 +442,12 @@ fn run<U: DevicePtr<u32>>(
             bs,
             mb,
             Arg::F32(scale),
+            Arg::I32(split as i32),
         ];
-        return launch(dev, &ATTENTION_PREFILL, name, cfg, &args);
+        launch(dev, &ATTENTION_PREFILL, name, cfg, &args)?;
+        if !split {
+            return Ok(());
+        }
     }
 
     let group = num_heads / num_kv_heads;
