@@ -222,8 +222,20 @@ pub fn run<B: Backend>(
         ignore_eos: true,
         ..Default::default()
     };
-    // Warm-up (nano-vllm's too): first-use costs (kernel compiles, allocations) stay out of the time.
+    // Warm-up (nano-vllm's too): first-use costs (kernel compiles, allocations, cuBLAS loading the
+    // GEMM kernels of a prefill-sized step) stay out of the time, as vLLM's start-up profiling run
+    // keeps them out: a short prompt, then one as long as the workload's longest (within the step's
+    // token budget). (Without the second, the 1-sequence sweep row paid ~12 ms of first use: 29.7k
+    // prefill tok/s against 108k for the same prompt in `kestrel bench`, H200.)
+    let longest_prompt = workload
+        .iter()
+        .flatten()
+        .map(|r| r.prompt.len())
+        .max()
+        .unwrap_or(16)
+        .clamp(16, t.max_num_batched_tokens.max(16));
     engine.generate([(Prompt::Tokens(vec![1; 16]), params(4))])?;
+    engine.generate([(Prompt::Tokens(vec![1; longest_prompt]), params(2))])?;
 
     let mut rows = Vec::new();
     for reqs in &workload {
