@@ -225,8 +225,8 @@ pub fn run<B: Backend>(
     // Warm-up (nano-vllm's too): first-use costs (kernel compiles, allocations, cuBLAS loading the
     // GEMM kernels of a prefill-sized step) stay out of the time, as vLLM's start-up profiling run
     // keeps them out: a short prompt, then one as long as the workload's longest (within the step's
-    // token budget). (Without the second, the 1-sequence sweep row paid ~12 ms of first use: 29.7k
-    // prefill tok/s against 108k for the same prompt in `kestrel bench`, H200.)
+    // token budget). (Without the second, the 1-sequence sweep row read 29.7k prefill tok/s against
+    // 108k for the same prompt in `kestrel bench` on H200: first use is the likely cause, to confirm.)
     let longest_prompt = workload
         .iter()
         .flatten()
