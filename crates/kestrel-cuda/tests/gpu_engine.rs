@@ -319,5 +319,28 @@ fn sampled_requests_decode_in_graphs_as_eagerly() {
             st.graph_steps,
             "{dir}: same steps"
         );
+        // `kestrel run`'s path (one sequence, its own cache): sampled through graphs as eagerly
+        let (p, params) = &reqs[1];
+        let max_len = e.model().config.max_position_embeddings;
+        let eos = e.model().config.eos_token_ids.clone();
+        let single = |e: &Engine<CudaBackend>| {
+            generate(
+                e.backend(),
+                e.model(),
+                e.tokenizer(),
+                p,
+                params,
+                &eos,
+                max_len,
+                |_| {},
+            )
+            .expect("single-sequence generation")
+            .tokens
+        };
+        assert_eq!(
+            single(&e),
+            single(&eager),
+            "{dir}: generate, graphs vs eager"
+        );
     }
 }
