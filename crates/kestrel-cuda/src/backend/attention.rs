@@ -90,12 +90,6 @@ impl CudaBackend {
         layer: usize,
     ) -> Result<CudaTensor> {
         check_layer(cache, layer)?;
-        if qkv.rows != meta.num_tokens {
-            return Err(KestrelError::Backend(format!(
-                "qkv has {} rows for a batch of {} tokens",
-                qkv.rows, meta.num_tokens
-            )));
-        }
         let mut q = self.tensor(qkv.rows, p.num_heads * p.head_dim)?;
         let shape = HeadShape {
             num_heads: p.num_heads,
@@ -162,12 +156,6 @@ impl CudaBackend {
             return self.attention_impl(&q, p, meta, cache, layer);
         }
         check_layer(cache, layer)?;
-        if qkv.rows != meta.num_tokens {
-            return Err(KestrelError::Backend(format!(
-                "qkv has {} rows for a batch of {} tokens",
-                qkv.rows, meta.num_tokens
-            )));
-        }
         let (k_cache, v_cache) = (&mut cache.k[layer], &mut cache.v[layer]);
         self.with_qk_inputs(qkv, p, meta, |inputs| {
             self.with_attention_scratch(qkv.rows, p, meta, |shape, batch, parts, scratch, out| {
@@ -187,8 +175,9 @@ impl CudaBackend {
         })
     }
 
-    /// Runs `f` with the q/k norm + RoPE inputs of a layer: its qkv rows, the step's positions and
-    /// slots, the RoPE frequencies and the norm weights.
+    /// Runs `f` with the q/k norm + RoPE inputs of a layer (after checking `qkv` has a row per token
+    /// of the step): its qkv rows, the step's positions and slots, the RoPE frequencies and the norm
+    /// weights.
     fn with_qk_inputs<R>(
         &self,
         qkv: &CudaTensor,
@@ -196,6 +185,12 @@ impl CudaBackend {
         meta: &CudaMetadata,
         f: impl FnOnce(&QkInputs<'_>) -> Result<R>,
     ) -> Result<R> {
+        if qkv.rows != meta.num_tokens {
+            return Err(KestrelError::Backend(format!(
+                "qkv has {} rows for a batch of {} tokens",
+                qkv.rows, meta.num_tokens
+            )));
+        }
         let (positions, slots) = (meta.positions(), meta.slot_mapping());
         self.with_inv_freq(p.head_dim, p.rope_theta, |inv_freq| {
             f(&QkNormRopeInputs {

@@ -9,10 +9,9 @@
 //! token is the first whose cumulative probability reaches `u` × the kept total (inverse CDF in sorted
 //! order). Temperature 0, or a row with no finite logit, is the argmax. Sums are in f64 here (the
 //! reference); a GPU sums in f32, so the two may differ only where `u` or `top_p` falls within rounding
-//! of a cumulative boundary. Over more than 1,024 candidates (no top-k on a whole vocabulary) the
-//! sorted order is never built: weighted selection finds the same boundaries in expected linear time
-//! (151,936 logits: 2.2 ms instead of 8.1 ms per row at top-p 1, 1.3 ms instead of 10.4 ms with min-p
-//! 0.05, measured on the 2-core dev machine), its sums in another order than the sorted prefix sums.
+//! of a cumulative boundary. The sorted order is never built: weighted selection finds the same
+//! boundaries in expected linear time (151,936 logits: 2.2 ms instead of 8.1 ms per row at top-p 1,
+//! 1.3 ms instead of 10.4 ms with min-p 0.05, measured on the 2-core dev machine at 478d4a2).
 //!
 //! [`Sampler`]: super::sampling::Sampler
 
@@ -32,15 +31,6 @@ pub struct RowSampling {
     pub u: f32,
 }
 
-/// Candidates up to this many are sorted outright; beyond it (no top-k, or a large one: a whole
-/// 151,936-token vocabulary) the sorted order is only materialised where a decision falls.
-const SORT_OUTRIGHT: usize = 1024;
-
-/// The token `row` (penalties already applied) gives under `r`, as the module doc defines it.
-pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
-    sample_with_u_impl(row, r, SORT_OUTRIGHT)
-}
-
 /// A candidate: token id, scaled logit x, unnormalised probability exp(x - max).
 type Cand = (u32, f32, f32);
 
@@ -52,7 +42,11 @@ fn order(a: &Cand, b: &Cand) -> std::cmp::Ordering {
         .then(a.0.cmp(&b.0))
 }
 
-fn sample_with_u_impl(row: &[f32], r: &RowSampling, sort_outright: usize) -> u32 {
+/// The token `row` (penalties already applied) gives under `r`, as the module doc defines it. The
+/// sorted order is never built: weighted selection finds where each decision falls (expected linear
+/// time, so a whole 151,936-token vocabulary needs no sort); its sums run in another order than the
+/// sorted prefix sums, so only a draw within f64 rounding of a boundary can differ from sorting.
+pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
     if r.temperature == 0.0 {
         return argmax(row);
     }
@@ -81,11 +75,6 @@ fn sample_with_u_impl(row: &[f32], r: &RowSampling, sort_outright: usize) -> u32
     for c in &mut cand {
         c.2 = (c.1 - max).exp();
     }
-    if k <= sort_outright {
-        return sorted_pick(&mut cand, r);
-    }
-    // Large: the same decisions through weighted selection (expected O(n)); sums run in another
-    // order than the sorted prefix sums, so only a draw within f64 rounding of a boundary can differ.
     let total: f64 = cand.iter().map(|c| c.2 as f64).sum();
     let mut keep = k;
     if r.top_p < 1.0 {
@@ -110,35 +99,6 @@ fn sample_with_u_impl(row: &[f32], r: &RowSampling, sort_outright: usize) -> u32
     let kept: f64 = cand.iter().map(|c| c.2 as f64).sum();
     let pick = crossing(&mut cand, r.u as f64 * kept).unwrap_or(keep - 1);
     // `crossing` leaves the element of sorted position `pick` at that index
-    cand[pick].0
-}
-
-/// The reference procedure on a small candidate set: sort, then prefix sums.
-fn sorted_pick(cand: &mut [Cand], r: &RowSampling) -> u32 {
-    cand.sort_by(order);
-    let cum: Vec<f64> = cand
-        .iter()
-        .scan(0.0f64, |acc, c| {
-            *acc += c.2 as f64;
-            Some(*acc)
-        })
-        .collect();
-    let mut keep = cand.len();
-    if r.top_p < 1.0 {
-        let target = r.top_p as f64 * cum[keep - 1];
-        if let Some(i) = cum.iter().position(|&c| c >= target) {
-            keep = keep.min(i + 1);
-        }
-    }
-    if r.min_p > 0.0 {
-        let m = cand.iter().take_while(|c| c.2 >= r.min_p).count().max(1);
-        keep = keep.min(m);
-    }
-    let target = r.u as f64 * cum[keep - 1];
-    let pick = cum[..keep]
-        .iter()
-        .position(|&c| c >= target)
-        .unwrap_or(keep - 1);
     cand[pick].0
 }
 
@@ -172,6 +132,55 @@ fn crossing(v: &mut [Cand], target: f64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The module doc's procedure literally: sort every candidate, then prefix sums.
+    fn sorted_reference(row: &[f32], r: &RowSampling) -> u32 {
+        if r.temperature == 0.0 {
+            return argmax(row);
+        }
+        let inv_t = 1.0 / r.temperature;
+        let mut cand: Vec<Cand> = row
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l * inv_t, 0.0))
+            .collect();
+        if cand.is_empty() {
+            return argmax(row);
+        }
+        cand.sort_by(order);
+        if r.top_k > 0 {
+            cand.truncate(r.top_k);
+        }
+        let max = cand[0].1;
+        for c in &mut cand {
+            c.2 = (c.1 - max).exp();
+        }
+        let cum: Vec<f64> = cand
+            .iter()
+            .scan(0.0f64, |acc, c| {
+                *acc += c.2 as f64;
+                Some(*acc)
+            })
+            .collect();
+        let mut keep = cand.len();
+        if r.top_p < 1.0 {
+            let target = r.top_p as f64 * cum[keep - 1];
+            if let Some(i) = cum.iter().position(|&c| c >= target) {
+                keep = keep.min(i + 1);
+            }
+        }
+        if r.min_p > 0.0 {
+            let m = cand.iter().take_while(|c| c.2 >= r.min_p).count().max(1);
+            keep = keep.min(m);
+        }
+        let target = r.u as f64 * cum[keep - 1];
+        let pick = cum[..keep]
+            .iter()
+            .position(|&c| c >= target)
+            .unwrap_or(keep - 1);
+        cand[pick].0
+    }
 
     /// The sampler as it was before the draw was split out (sort, top-k, softmax, top-p over the
     /// normalised f32 probabilities, min-p against p_max, then `r = u * total; r -= p` in f32), with
@@ -301,9 +310,9 @@ mod tests {
 
     #[test]
     fn selection_agrees_with_the_sorted_procedure() {
-        // the weighted-selection path (forced with sort_outright = 0, so small rows with many ties
-        // take it too) against sorting every candidate: they differ only where f64 rounding of a
-        // prefix sum (summed in another order) moves a boundary
+        // weighted selection against sorting every candidate, on small rows with many ties and
+        // large ones: they differ only where f64 rounding of a prefix sum (summed in another order)
+        // moves a boundary
         let mut g = Rng(11);
         let (mut same, mut total) = (0, 0);
         for i in 0..3000 {
@@ -324,8 +333,7 @@ mod tests {
                 u: g.unit(),
             };
             total += 1;
-            same += (sample_with_u_impl(&row, &r, 0) == sample_with_u_impl(&row, &r, usize::MAX))
-                as usize;
+            same += (sample_with_u(&row, &r) == sorted_reference(&row, &r)) as usize;
         }
         assert!(same * 10_000 >= total * 9_990, "{same} of {total} agree");
     }
