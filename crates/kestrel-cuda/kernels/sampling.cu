@@ -8,13 +8,15 @@
 // bins holding at most CAP tokens; those are gathered into shared memory and bitonic-sorted, and the
 // filters and the draw run on that sorted prefix. Tokens outside it weigh < exp(-cut) each; their
 // total is bounded, and where the kept set provably ends inside the prefix, or the rest is too light
-// to matter (< 1e-9 of the mass), the answer is exact. Otherwise (very flat rows), and for rows with no
-// finite logit, greedy rows with +inf, or overflowing l / T, the row's output is NO_TOKEN and the host
-// samples it (the launch wrapper's caller does).
+// to matter (< 1e-9 of the mass), the answer is exact. Otherwise (flat rows: high temperatures,
+// random weights, top-k or top-p reaching past the prefix) the exact flat path of sampling_flat.cuh
+// decides. Rows with no finite logit, greedy rows with +inf, overflowing l / T, and the rare row the
+// flat path cannot place either (> CAP distinct values within 1/2048) get NO_TOKEN and the host
+// samples them (the launch wrapper's caller does).
 // Launch: grid (rows), block (THREADS); rows 16-byte aligned when cols % 8 == 0.
 // Penalties (sample_bf16_pen): each value is first penalised as engine/penalties.rs does (Pen in
 // sampling.cuh), so penalised rows never leave the GPU either.
-#include "sampling.cuh"
+#include "sampling_flat.cuh"
 
 template <bool PEN>
 __device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ logits,
@@ -23,9 +25,10 @@ __device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ 
                            const unsigned *__restrict__ pen_words,
                            const float *__restrict__ pen_sub, const float *__restrict__ pen_rep) {
     pdl_enter();
-    __shared__ float sx[CAP];  // scaled logits, then cumulative masses
+    __shared__ __align__(8) float sx[CAP];  // scaled logits, then cumulative masses
     __shared__ int si[CAP];    // token ids
     __shared__ int hist[BINS];
+    __shared__ u64 hist_mass[BINS];  // the flat path's
     __shared__ int s_count, s_cut, s_first;
     const RowParams p = params[blockIdx.x];
     const bf16 *row = logits + (size_t)blockIdx.x * cols;
@@ -106,11 +109,14 @@ __device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ 
         s_count = 0;
     }
     __syncthreads();
+    // Rows the sorted prefix cannot decide take the exact flat path (sampling_flat.cuh).
+    auto flat = [&]() {
+        const unsigned token =
+            sample_flat<PEN>(row, cols, pen, p, inv_t, m, n_finite, hist, hist_mass, sx, si);
+        if (tid == 0) out[blockIdx.x] = token;
+    };
     const int cut = s_cut;
-    if (cut < 0) {
-        if (tid == 0) out[blockIdx.x] = NO_TOKEN;
-        return;
-    }
+    if (cut < 0) return flat();
     for_each_pen<PEN>(row, cols, pen, [&](int i, float l) {
         if (isfinite(l) && bin_of(m, scaled(l, inv_t)) <= cut) {
             const int slot = atomicAdd(&s_count, 1);
@@ -123,28 +129,7 @@ __device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ 
         if (tid == 0) out[blockIdx.x] = NO_TOKEN;
         return;
     }
-    int size = 1;
-    while (size < n) size <<= 1;
-    for (int i = n + tid; i < size; i += THREADS) {
-        sx[i] = NEG_INF;
-        si[i] = NONE;
-    }
-    __syncthreads();
-    for (int k = 2; k <= size; k <<= 1) {
-        for (int j = k >> 1; j > 0; j >>= 1) {
-            for (int t = tid; t < size; t += THREADS) {
-                const int o = t ^ j;
-                if (o > t) {
-                    const float xa = sx[t], xb = sx[o];
-                    const int ia = si[t], ib = si[o];
-                    if ((t & k) == 0 ? before(xb, ib, xa, ia) : before(xa, ia, xb, ib)) {
-                        sx[t] = xb, sx[o] = xa, si[t] = ib, si[o] = ia;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    sort_by_order(sx, si, n);
 
     // e = exp(x - m) for the sorted prefix (4 consecutive per thread), cumulated in order into sx
     float e[4], local = 0.0f;
@@ -197,10 +182,7 @@ __device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ 
         const float z_k = sx[kk - 1];
         const float z_hi = k_inside || rest == 0 ? z_k : z_k + rest_mass;
         const int lo = first_reaching(p.top_p * z_k, kk), hi = first_reaching(p.top_p * z_hi, kk);
-        if (lo != hi && !light) {  // the unseen tail could move the boundary
-            if (tid == 0) out[blockIdx.x] = NO_TOKEN;
-            return;
-        }
+        if (lo != hi && !light) return flat();  // the unseen tail could move the boundary
         if (lo != NONE) len = min(len, lo + 1);
     }
     if (p.min_p > 0.0f) {
@@ -210,10 +192,7 @@ __device__ void sample_row(unsigned *__restrict__ out, const bf16 *__restrict__ 
         else if (rest == 0 || e_rest < p.min_p) len = min(len, n);
     }
     if (len == NONE) {
-        if (!light) {
-            if (tid == 0) out[blockIdx.x] = NO_TOKEN;
-            return;
-        }
+        if (!light) return flat();
         len = n;
     }
     const float target = p.u * sx[len - 1];

@@ -91,8 +91,62 @@ __device__ float block_exclusive_scan(float v, float *total) {
     return before_warp + incl - v;
 }
 
+typedef unsigned long long u64;
+__shared__ u64 s_red_u[32];
+
+// block_exclusive_scan for u64 (integer sums: exact, so any order gives the same result).
+__device__ u64 block_exclusive_scan_u64(u64 v, u64 *total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    u64 incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u64 n = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += n;
+    }
+    __syncthreads();
+    if (lane == 31) s_red_u[warp] = incl;
+    __syncthreads();
+    u64 w = s_red_u[lane], wincl = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u64 n = __shfl_up_sync(0xffffffffu, wincl, o);
+        if (lane >= o) wincl += n;
+    }
+    *total = __shfl_sync(0xffffffffu, wincl, 31);
+    const u64 before_warp = __shfl_sync(0xffffffffu, wincl - w, warp);
+    return before_warp + incl - v;
+}
+
 __device__ __forceinline__ bool before(float xa, int ia, float xb, int ib) {
     return xa > xb || (xa == xb && ia < ib);
+}
+
+// Bitonic sort of sx / si [0, n) (n <= CAP) into the sampling order (larger x first, equal x by
+// token id); pads up to a power of two, so CAP slots must exist.
+__device__ void sort_by_order(float *sx, int *si, int n) {
+    const int tid = threadIdx.x;
+    int size = 1;
+    while (size < n) size <<= 1;
+    for (int i = n + tid; i < size; i += THREADS) {
+        sx[i] = NEG_INF;
+        si[i] = NONE;
+    }
+    __syncthreads();
+    for (int k = 2; k <= size; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int t = tid; t < size; t += THREADS) {
+                const int o = t ^ j;
+                if (o > t) {
+                    const float xa = sx[t], xb = sx[o];
+                    const int ia = si[t], ib = si[o];
+                    if ((t & k) == 0 ? before(xb, ib, xa, ia) : before(xa, ia, xb, ib)) {
+                        sx[t] = xb, sx[o] = xa, si[t] = ib, si[o] = ia;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
 }
 
 // x = l / T as the host computes it: an explicit rounded product, so it is never fused into an FMA

@@ -1,6 +1,7 @@
 //! `Backend::sample` on the GPU: one launch for the whole batch, penalties included; rows the kernel
-//! leaves to the host (`NO_TOKEN`: no finite logit, +inf in a greedy row, rows too flat for its sorted
-//! prefix, more penalised tokens than it stages) are sampled from a host copy with the same reference,
+//! leaves to the host (`NO_TOKEN`: no finite logit, +inf in a greedy row, `l / T` overflowing, more
+//! penalised tokens than it stages, more distinct values within 1/2048 than its flat path stages) are
+//! sampled from a host copy with the same reference,
 //! penalties and draw, so the result never depends on which side picked it.
 
 use kestrel::engine::penalties::RowPenalties;

@@ -9,7 +9,8 @@ use crate::dtype::Bf16;
 use crate::{CudaDevice, Result};
 
 /// What the kernel writes for a row it leaves to the host (no finite logit, a greedy row with +inf,
-/// `l / T` overflowing, or a row too flat for its sorted prefix to decide the token).
+/// `l / T` overflowing, more penalised tokens than it stages, or more distinct values within 1/2048 of
+/// a unit than its flat path stages).
 pub const NO_TOKEN: u32 = u32::MAX;
 
 /// Words per row of the kernel's `RowParams`: temperature, top_k (i32), top_p, min_p, u.
