@@ -1,20 +1,21 @@
 // Decode attention over the paged KV cache with q given (see attention_decode.cuh).
 #include "attention_decode.cuh"
 
-#define DECODE_KERNEL(G, U)                                                                          \
+#define DECODE_KERNEL(G, U, S)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_g##G(           \
         bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache, \
         const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,           \
         const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim,                \
         int block_size, int max_blocks, int max_partitions, float scale) {                          \
         const FusedQk none{};                                                                        \
-        decode_partition<G, U, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,   \
+        decode_partition<G, U, S, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,   \
                                       context_lens, block_tables, num_heads, num_kv_heads, head_dim, \
                                       block_size, max_blocks, max_partitions, scale, none);          \
     }
 
 // U: keys in flight per lane group (8 for G <= 2 measured slower on H200 at batch 64: 15.4k vs 21.7k tok/s)
-DECODE_KERNEL(1, 4)
-DECODE_KERNEL(2, 4)
-DECODE_KERNEL(4, 4)
-DECODE_KERNEL(8, 2)
+// S: K/V ring stages (attention_decode_kv.cuh): measured a gain at G = 4 only (G = 8 untried)
+DECODE_KERNEL(1, 4, 0)
+DECODE_KERNEL(2, 4, 0)
+DECODE_KERNEL(4, 4, 3)
+DECODE_KERNEL(8, 2, 0)

@@ -21,12 +21,12 @@
 // once per U keys of a lane group) and f32 P.V
 // accumulation; the output is rounded to bf16 once. A sequence with no keys yields zeros.
 #pragma once
-#include "common.cuh"
+#include "attention_decode_kv.cuh"
+#include "attention_decode_merge.cuh"
 
 #define DECODE_WARPS 4
 #define MIN_PARTITION 64  // keys; partitions are multiples of PARTITION_ALIGN of at least this
 #define PARTITION_ALIGN 32
-#define NEG_INF __int_as_float(0xff800000u)
 
 __device__ __forceinline__ int partition_size(int ctx, int max_partitions) {
     int per = (ctx + max_partitions - 1) / max_partitions;
@@ -51,24 +51,15 @@ struct FusedQk {
     unsigned num_slots;
 };
 
-// K/V loads: the fused variant reads a key this CTA wrote during the launch, so through L2 (ld.cg),
-// never the non-coherent path a const __restrict__ pointer allows.
-template <bool FUSED>
-__device__ __forceinline__ uint4 load_kv(const bf16 *p) {
-    if constexpr (FUSED)
-        return __ldcg(reinterpret_cast<const uint4 *>(p));
-    else
-        return *reinterpret_cast<const uint4 *>(p);
-}
-
 // One CTA: one partition of one sequence's keys, for G q heads sharing one kv head (K/V are read
 // once for the group). A lane group of LPK = pow2 >= head_dim / 8 lanes owns one key at a time, each
 // lane 8 elements (16 bytes) of it; every lane group keeps its own running max / sum / accumulator
 // over the keys it visits (no barrier in the key loop), and the CTA merges them at the end.
 // Launch: grid (num_kv_heads * ceil(group / G), num_seqs, max_partitions), block 32 * DECODE_WARPS,
-// dynamic shared memory DECODE_WARPS * G * (head_dim + 2) floats + (max_blocks + 1) u32 (the
-// partition's block-table entries).
-template <int G, int U, bool FUSED>
+// dynamic shared memory: the K/V ring, S * U * 2 * 32 * DECODE_WARPS 16-byte slots (KvFetch), then
+// DECODE_WARPS * G * (head_dim + 2) floats, then (max_blocks + 1) u32 (the partition's block-table
+// entries).
+template <int G, int U, int S, bool FUSED>
 __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_ml,
                                  float *__restrict__ ws_acc, unsigned *__restrict__ done,
                                  const bf16 *__restrict__ q,
@@ -78,7 +69,9 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
                                  const unsigned *__restrict__ block_tables, int num_heads,
                                  int num_kv_heads, int head_dim, int block_size, int max_blocks,
                                  int max_partitions, float scale, const FusedQk &f) {
-    extern __shared__ float decode_smem[];
+    extern __shared__ uint4 decode_ring[];
+    constexpr int RING_SLOTS = S * U * 2 * 32 * DECODE_WARPS;
+    float *decode_smem = reinterpret_cast<float *>(decode_ring + RING_SLOTS);
     pdl_enter();
     const int s = blockIdx.y, p = blockIdx.z;
     const int q_token = (int)cu_seqlens_q[s];
@@ -151,21 +144,19 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
     // expf, not exp2f with log2(e) folded in: mixed prefill+decode steps score decode rows with the
     // prefill kernel, which uses expf, and a batch must decode as each sequence alone does.
     // The trip count is the same for every thread (shuffles below need whole warps).
-    for (int base = k_begin; base < k_end; base += key_slots * U) {
+    const int per_iter = key_slots * U;
+    const int iters = (k_end - k_begin + per_iter - 1) / per_iter;
+    const KvFetch<U, S, FUSED> kv{decode_ring, k_cache, v_cache, s_bt, k_begin, k_end, iters, per_iter,
+                                  key_slots, slot_in_cta, b0, block_size, kv_stride,
+                                  (size_t)kvh * head_dim + cl * 8, active};
+    kv.start();
+    for (int it = 0; it < iters; ++it) {
+        const int base = k_begin + it * per_iter;
         uint4 kraw[U], vraw[U];
         bool ok[U];
+        kv.fetch(it, kraw, vraw);
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int pos = base + slot_in_cta + u * key_slots;
-            ok[u] = pos < k_end;
-            kraw[u] = vraw[u] = make_uint4(0, 0, 0, 0);
-            if (ok[u] && active) {
-                const size_t slot = (size_t)s_bt[pos / block_size - b0] * block_size + pos % block_size;
-                const size_t off = slot * kv_stride + (size_t)kvh * head_dim + cl * 8;
-                kraw[u] = load_kv<FUSED>(k_cache + off);
-                vraw[u] = load_kv<FUSED>(v_cache + off);
-            }
-        }
+        for (int u = 0; u < U; ++u) ok[u] = base + slot_in_cta + u * key_slots < k_end;
         float sc[U][G];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -265,31 +256,7 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
     }
     if (nparts == 1) return;
 
-    // Elect the last CTA of this (sequence, head group): it merges the partitions in a fixed order.
-    __shared__ bool merge_here;
-    __threadfence();  // this CTA's partials are visible before its count is
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned *counter = done + (size_t)s * gridDim.x + blockIdx.x;
-        merge_here = atomicAdd(counter, 1u) == (unsigned)nparts - 1;
-        if (merge_here) *counter = 0u;  // ready for the next launch (graph replays reuse it)
-    }
-    __syncthreads();
-    if (!merge_here) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < gcount * head_dim; i += blockDim.x) {
-        const int g = i / head_dim, d = i % head_dim;
-        const size_t row0 = ((size_t)s * num_heads + h0 + g) * max_partitions;
-        float mx = NEG_INF;
-        for (int pp = 0; pp < nparts; ++pp) mx = fmaxf(mx, __ldcg(ws_ml + (row0 + pp) * 2));
-        float sum = 0.0f, a = 0.0f;
-        for (int pp = 0; pp < nparts; ++pp) {
-            const float w = expf(__ldcg(ws_ml + (row0 + pp) * 2) - mx);
-            sum = fmaf(__ldcg(ws_ml + (row0 + pp) * 2 + 1), w, sum);
-            a = fmaf(__ldcg(ws_acc + (row0 + pp) * head_dim + d), w, a);
-        }
-        out[(size_t)q_token * q_stride + (size_t)(h0 + g) * head_dim + d] =
-            __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
-    }
+    merge_partitions(out, ws_ml, ws_acc, done, s, nparts, q_token, h0, gcount, num_heads, head_dim,
+                     max_partitions);
 }
 

@@ -141,3 +141,17 @@ __device__ __forceinline__ void norm_rope_head(bf16 *__restrict__ dst, const bf1
             if (lane + 32 * j < head_dim) v_dst[lane + 32 * j] = __float2bfloat16(v_vals[j]);
     }
 }
+
+// cp.async (global -> shared, 16 bytes, through L2) with its group commit and wait; pred false
+// writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(pred ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}

@@ -58,7 +58,7 @@ pub struct AttnBatch<'a, U> {
     pub block_tables: &'a U,
 }
 
-/// Warps per decode CTA; must match `DECODE_WARPS` in kernels/attention_decode.cu.
+/// Warps per decode CTA; must match kernels/attention_decode.cuh.
 const DECODE_WARPS: usize = 4;
 /// Query/key tile sizes and threads of the prefill kernel; must match kernels/attention_prefill.cu.
 const PREFILL_BQ: usize = 64;
@@ -92,6 +92,35 @@ fn prefill_smem_bytes(head_dim: usize) -> usize {
 fn decode_heads_per_cta(group: usize) -> usize {
     group.next_power_of_two().min(8)
 }
+
+/// Keys in flight per lane group of `decode_g{g}` (its `U`; must match the instances in
+/// kernels/attention_decode*.cu).
+fn decode_keys_per_lane_group(g: usize) -> usize {
+    if g >= 8 {
+        2
+    } else {
+        4
+    }
+}
+
+/// Stages of the K/V cp.async ring of `decode_g{g}` (its `S`, 0 = none; must match the instances).
+fn decode_ring_stages(g: usize) -> usize {
+    if g == 4 {
+        3
+    } else {
+        0
+    }
+}
+
+/// Bytes of dynamic shared memory of `decode_g{g}`: the K/V ring (16 bytes per thread per key slot,
+/// K and V, per stage), the CTA's partials, its partition's block-table entries.
+fn decode_smem_bytes(g: usize, head_dim: usize, max_blocks_per_seq: usize) -> usize {
+    let ring = decode_ring_stages(g) * decode_keys_per_lane_group(g) * 2 * 32 * DECODE_WARPS * 16;
+    ring + DECODE_WARPS * g * (head_dim + 2) * 4 + (max_blocks_per_seq + 1) * 4
+}
+
+/// Shared memory a CTA may opt in to (sm_80 and sm_90 give at least this).
+const MAX_SMEM: usize = 163 * 1024;
 
 /// Causal GQA attention of the batch's query rows `q` `[num_tokens, num_heads * head_dim]` over the
 /// paged caches `k_cache`, `v_cache` `[num_slots, num_kv_heads * head_dim]` (key `pos` of sequence
@@ -467,13 +496,25 @@ fn run<U: DevicePtr<u32>>(
     let acc = ml + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
     let done = bufs.counters.0;
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
-    // the CTA's partials, then its partition's block-table entries (at most the whole row)
-    let decode_smem = DECODE_WARPS * g * (head_dim + 2) * 4 + (max_blocks_per_seq + 1) * 4;
-    if decode_smem > DEFAULT_SMEM {
+    let decode_smem = decode_smem_bytes(g, head_dim, max_blocks_per_seq);
+    if decode_smem > MAX_SMEM {
         return Err(shape_error(
             OP,
             format!("block tables of {max_blocks_per_seq} entries do not fit the decode kernel's shared memory"),
         ));
+    }
+    if decode_smem > DEFAULT_SMEM {
+        // always the same cap (the launch asks for what it needs): threads sharing the function
+        // never lower it under each other's launch
+        dev.function(kernel, name)?
+            .set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MAX_SMEM as i32,
+            )
+            .map_err(|source| CudaError::Launch {
+                kernel: name,
+                source,
+            })?;
     }
     let decode_smem = decode_smem as u32;
     let cfg = LaunchConfig {
@@ -562,12 +603,13 @@ mod tests {
             .unwrap();
         assert!(decode_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
         for g in [1, 2, 4, 8] {
+            let (u, s) = (decode_keys_per_lane_group(g), decode_ring_stages(g));
             assert!(ATTENTION_DECODE_QK
                 .source
-                .contains(&format!("DECODE_QK_KERNEL({g},")));
+                .contains(&format!("DECODE_QK_KERNEL({g}, {u}, {s})")));
             assert!(ATTENTION_DECODE
                 .source
-                .contains(&format!("DECODE_KERNEL({g},")));
+                .contains(&format!("DECODE_KERNEL({g}, {u}, {s})")));
         }
     }
 
