@@ -110,12 +110,21 @@ impl ModelArgs {
             Ok(None) | Err(_) => return task.run(self.load_cpu()?),
         };
         backend.set_cuda_graphs(!self.eager);
-        let loaded = (|| {
-            let source = kestrel::formats::source::ModelSource::open(&self.model)?;
-            backend.check_weights_fit(&source.config()?)?;
-            LoadedModel::load(&self.model, &backend)
-        })()
-        .with_context(|| format!("loading model '{}' on {}", self.model, backend.name()))?;
+        // every kernel compiled (or read from the disk cache) on other cores while the weights load
+        let (loaded, kernels) = std::thread::scope(|s| {
+            let kernels = s.spawn(|| backend.device().load_all_kernels());
+            let loaded = (|| {
+                let source = kestrel::formats::source::ModelSource::open(&self.model)?;
+                backend.check_weights_fit(&source.config()?)?;
+                LoadedModel::load(&self.model, &backend)
+            })();
+            (loaded, kernels.join())
+        });
+        let loaded = loaded
+            .with_context(|| format!("loading model '{}' on {}", self.model, backend.name()))?;
+        kernels
+            .map_err(|_| anyhow::anyhow!("compiling the CUDA kernels: the thread panicked"))?
+            .context("compiling the CUDA kernels")?;
         let blocks =
             backend.kv_cache_blocks(&loaded.config, self.gpu_memory_utilization, BLOCK_SIZE)?;
         task.run(Ready {
