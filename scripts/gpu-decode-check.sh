@@ -10,7 +10,8 @@
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES; THROUGHPUT_TEMPERATURE=0.6 adds
 #      nano-vllm's sampled variant) into throughput.txt,
 #      SANITIZE=1 (compute-sanitizer memcheck + racecheck (SANITIZE_TOOLS) on short 0.6B generations:
-#      graphs and eager, greedy and GPU-sampled, the engine with chunked prefill) into sanitize.txt.
+#      graphs and eager, greedy and GPU-sampled; memcheck also the engine with chunked prefill) into
+#      sanitize.txt.
 # Logs go to $OUT (default /tmp/decode-check). Run from the repo root after gpu-bundle (see gpu-parity.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -126,9 +127,11 @@ if [ "${SANITIZE:-0}" = 1 ]; then
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     sanitize "$tool" "greedy, graphs" "${run[@]}" --temperature 0 -n 4 "$prompt"
     sanitize "$tool" "GPU sampling, eager" "${run[@]}" --eager --temperature 0.8 --top-k 40 --top-p 0.9 --min-p 0.02 -n 4 "$prompt"
+    # racecheck of the engine runs is not possible here: with graphs or eager, the sanitized process
+    # grows past the machine's 128 GB of host memory and the OOM killer ends it (dmesg, H100 machine,
+    # session 4; `kestrel run` above takes the same kernels and is checked)
+    [ "$tool" = racecheck ] && continue
     sanitize "$tool" "engine: 6 requests, chunked prefill, mixed steps" "${engine[@]}"
-    # racecheck of the graph-replaying engine run exited without a report once (session 3): the same
-    # run without graphs tells whether graphs (their allocation nodes) are what it chokes on
     sanitize "$tool" "engine, eager" "${engine[@]}" --eager
   done
   grep -c "^rc=0, errors outside cuBLAS: 0 " "$out/sanitize.txt" | sed 's/^/sanitize runs clean: /' >> "$out/summary.txt"
