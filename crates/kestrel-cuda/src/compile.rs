@@ -4,7 +4,7 @@
 //! Invariants:
 //! - Kernels are compiled without `--use_fast_math` (the numerics contract: accurate `expf`, `sincosf`,
 //!   IEEE division and square roots), as C++17, with the CUDA headers (cuda_bf16.h ...) on the include
-//!   path and the shared headers (`common.cuh`, `attention_decode.cuh`,
+//!   path and the shared headers (`common.cuh`, `gemv_tiled.cuh`, `attention_decode.cuh`,
 //!   `attention_decode_kv.cuh`, `attention_decode_merge.cuh`, `sampling.cuh`, `sampling_flat.cuh`) given to NVRTC
 //!   in memory.
 //! - A cache entry's name is the SHA-256 of everything that decides its bytes: the kernel source, the
@@ -46,6 +46,7 @@ pub const QK_NORM_ROPE_KV: Kernel = kernel!("qk_norm_rope_kv.cu");
 pub const SILU_MUL: Kernel = kernel!("silu_mul.cu");
 pub const GEMV_BF16: Kernel = kernel!("gemv_bf16.cu");
 pub const GEMV_TILED: Kernel = kernel!("gemv_tiled.cu");
+pub const GEMV_Q8_0: Kernel = kernel!("gemv_q8_0.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
@@ -61,6 +62,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     SILU_MUL,
     GEMV_BF16,
     GEMV_TILED,
+    GEMV_Q8_0,
     ARGMAX,
     SAMPLING,
     ELEMENTWISE,
@@ -72,6 +74,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
 /// Headers every kernel may include: (name, built-in source).
 pub(crate) const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../kernels/common.cuh")),
+    ("gemv_tiled.cuh", include_str!("../kernels/gemv_tiled.cuh")),
     (
         "attention_decode.cuh",
         include_str!("../kernels/attention_decode.cuh"),

@@ -89,7 +89,7 @@ pub enum Accumulate {
 }
 
 impl Accumulate {
-    fn kernel_mode(self) -> i32 {
+    pub(super) fn kernel_mode(self) -> i32 {
         match self {
             Accumulate::Overwrite => 0,
             Accumulate::AddToOutput => 1,
@@ -109,6 +109,104 @@ pub struct GemvNorm<'a> {
 /// Whether the fused norm's staging of `tokens x in_features` bf16 fits a block's shared memory.
 pub fn fused_norm_fits(tokens: usize, in_features: usize) -> bool {
     (1..=TILED_MAX_TOKENS).contains(&tokens) && tokens * in_features * 2 <= NORM_SMEM_LIMIT
+}
+
+/// The checks a GEMV's epilogue and fused norm need (any weight format): SwiGLU's even rows and no
+/// bias, the norm's length and shared memory, `y` and `bias` lengths. Returns the output rows (SwiGLU
+/// writes one per gate/up pair).
+pub(super) fn check_epilogue(
+    op: &'static str,
+    (tokens, in_features, out_features): (usize, usize, usize),
+    norm: Option<GemvNorm<'_>>,
+    bias: Option<&dyn DevicePtr<f32>>,
+    y_len: usize,
+    mode: Accumulate,
+) -> Result<usize> {
+    let out_rows = if mode == Accumulate::SwiGlu {
+        if !out_features.is_multiple_of(2) || bias.is_some() {
+            return Err(shape_error(
+                op,
+                format!("SwiGLU needs an even number of weight rows ({out_features}) and no bias"),
+            ));
+        }
+        out_features / 2
+    } else {
+        out_features
+    };
+    if let Some(n) = &norm {
+        expect_len(op, "norm weight", n.weight.len(), in_features)?;
+        if !fused_norm_fits(tokens, in_features) {
+            return Err(shape_error(
+                op,
+                format!("a fused norm over {tokens} x {in_features} does not fit shared memory"),
+            ));
+        }
+    }
+    expect_len(op, "y", y_len, tokens * out_rows)?;
+    if let Some(b) = bias {
+        expect_len(op, "bias", b.len(), out_features)?;
+    }
+    Ok(out_rows)
+}
+
+/// The device pointer of an optional buffer (0 for none) and the guard that orders the stream.
+pub(super) fn optional_ptr<'a>(
+    buf: Option<&'a dyn DevicePtr<f32>>,
+    s: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match buf {
+        Some(b) => {
+            let (p, g) = b.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// One launch of a tiled GEMV kernel (gemv_tiled.cuh, any weight format): the grid, block and shared
+/// memory its `tokens`, fused norm, mode and `k_split` need; `args` end with the mode, the caller
+/// pushes them up to it and this adds `k_split`.
+pub(super) struct TiledLaunch {
+    pub tokens: usize,
+    pub in_features: usize,
+    /// Output rows (SwiGLU: half the weight rows).
+    pub out_rows: usize,
+    pub norm: bool,
+    pub mode: Accumulate,
+    pub k_split: usize,
+}
+
+impl TiledLaunch {
+    pub fn launch(
+        &self,
+        dev: &CudaDevice,
+        kernel: &crate::compile::Kernel,
+        name: &'static str,
+        mut args: Vec<Arg>,
+    ) -> Result<()> {
+        // the fused norm stages the tokens' normalised rows in shared memory
+        let smem = if self.norm {
+            (self.tokens * self.in_features * 2) as u32
+        } else {
+            0
+        };
+        // a SwiGLU group owns one gate row and its up row
+        let rows_per_group = if self.mode == Accumulate::SwiGlu {
+            1
+        } else {
+            TILED_ROWS
+        };
+        let row_blocks = self
+            .out_rows
+            .div_ceil(rows_per_group * TILED_WARPS / self.k_split);
+        let cfg = LaunchConfig {
+            grid_dim: (row_blocks as u32, 1, 1),
+            block_dim: ((32 * TILED_WARPS) as u32, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        args.push(Arg::I32(self.k_split as i32));
+        launch(dev, kernel, name, cfg, &args)
+    }
 }
 
 /// `y[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n])` with `w` `[out_features, in_features]` (HF's
@@ -198,31 +296,14 @@ fn gemv_impl(
     let out_features = w.len() / in_features;
     let tokens = x.len() / in_features;
     let fused = norm.is_some() || mode == Accumulate::SwiGlu;
-    // rows of the output: SwiGLU writes one per gate/up pair
-    let out_rows = if mode == Accumulate::SwiGlu {
-        if !out_features.is_multiple_of(2) || bias.is_some() {
-            return Err(shape_error(
-                OP,
-                format!("SwiGLU needs an even number of weight rows ({out_features}) and no bias"),
-            ));
-        }
-        out_features / 2
-    } else {
-        out_features
-    };
-    if let Some(n) = &norm {
-        expect_len(OP, "norm weight", n.weight.len(), in_features)?;
-        if !fused_norm_fits(tokens, in_features) {
-            return Err(shape_error(
-                OP,
-                format!("a fused norm over {tokens} x {in_features} does not fit shared memory"),
-            ));
-        }
-    }
-    expect_len(OP, "y", y.len(), tokens * out_rows)?;
-    if let Some(b) = bias {
-        expect_len(OP, "bias", b.len(), out_features)?;
-    }
+    let out_rows = check_epilogue(
+        OP,
+        (tokens, in_features, out_features),
+        norm,
+        bias,
+        y.len(),
+        mode,
+    )?;
     if tokens > MAX_TOKENS {
         return Err(shape_error(
             OP,
@@ -235,20 +316,8 @@ fn gemv_impl(
     let s = dev.stream();
     let (xp, _gx) = x.device_ptr(s);
     let (wp, _gw) = w.device_ptr(s);
-    let (bp, _gb) = match bias {
-        Some(b) => {
-            let (p, g) = b.device_ptr(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (np, _gn) = match &norm {
-        Some(n) => {
-            let (p, g) = n.weight.device_ptr(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
+    let (bp, _gb) = optional_ptr(bias, s);
+    let (np, _gn) = optional_ptr(norm.map(|n| n.weight), s);
     let (yp, _gy) = y.device_ptr_mut(s);
     expect_aligned16(OP, "x", xp)?;
     if norm.is_some() {
@@ -292,33 +361,22 @@ fn gemv_impl(
             } else {
                 TILED_NAMES[tokens - 1]
             };
-            let threads = (32 * TILED_WARPS) as u32;
-            let smem = if norm.is_some() {
-                (tokens * in_features * 2) as u32
-            } else {
-                0
-            };
-            // a SwiGLU group owns one gate row and its up row
-            let rows_per_group = if mode == Accumulate::SwiGlu {
-                1
-            } else {
-                TILED_ROWS
-            };
+            args.push(Arg::Ptr(np));
+            args.push(Arg::F32(norm.map_or(0.0, |n| n.eps)));
+            args.extend(tail);
             let k_split = match k_split {
                 0 => auto_k_split(out_features, in_features),
                 k => k,
             };
-            let row_blocks = out_rows.div_ceil(rows_per_group * TILED_WARPS / k_split);
-            let cfg = LaunchConfig {
-                grid_dim: (row_blocks as u32, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: smem,
+            let tiled = TiledLaunch {
+                tokens,
+                in_features,
+                out_rows,
+                norm: norm.is_some(),
+                mode,
+                k_split,
             };
-            args.push(Arg::Ptr(np));
-            args.push(Arg::F32(norm.map_or(0.0, |n| n.eps)));
-            args.extend(tail);
-            args.push(Arg::I32(k_split as i32));
-            launch(dev, &GEMV_TILED, name, cfg, &args)
+            tiled.launch(dev, &GEMV_TILED, name, args)
         }
         _ => {
             args.extend(tail);

@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
+pub mod gemv_quant;
 pub mod norm;
 pub mod qk_norm_rope_kv;
 pub mod sampling;
