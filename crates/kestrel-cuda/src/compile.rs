@@ -46,7 +46,7 @@ pub const QK_NORM_ROPE_KV: Kernel = kernel!("qk_norm_rope_kv.cu");
 pub const SILU_MUL: Kernel = kernel!("silu_mul.cu");
 pub const GEMV_BF16: Kernel = kernel!("gemv_bf16.cu");
 pub const GEMV_TILED: Kernel = kernel!("gemv_tiled.cu");
-pub const GEMV_Q8_0: Kernel = kernel!("gemv_q8_0.cu");
+pub const GEMV_QUANT: Kernel = kernel!("gemv_quant.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
@@ -62,7 +62,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     SILU_MUL,
     GEMV_BF16,
     GEMV_TILED,
-    GEMV_Q8_0,
+    GEMV_QUANT,
     ARGMAX,
     SAMPLING,
     ELEMENTWISE,

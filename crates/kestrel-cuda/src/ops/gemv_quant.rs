@@ -1,107 +1,133 @@
-//! Decode GEMV over GGUF Q8_0 weights (kernels/gemv_q8_0.cu: the tiled kernel of gemv_tiled.cuh with
-//! dequantization in registers), and the repacking of Q8_0 blocks into its layout.
+//! Decode GEMV over GGUF block-quantized weights (kernels/gemv_quant.cu: the tiled kernel of
+//! gemv_tiled.cuh with dequantization in registers), and the repacking of the blocks into its layout.
 //!
-//! Layout: GGUF stores 34-byte blocks (an f16 scale, then 32 i8), which no 16-byte vector load can
-//! stream; at upload they are split into `qs` `[rows, in_features]` i8 (rows 16-byte aligned) and
-//! `scales` `[rows, in_features / 32]` f16 bits. The values are the file's, byte for byte.
+//! Layout: GGUF stores each 32-weight block with its f16 scale in front (Q8_0: 34 bytes, Q4_0: 18),
+//! which no 16-byte vector load can stream; at upload a tensor is split into `qs` (the blocks' quant
+//! bytes, row-major, rows 16-byte aligned) and `scales` `[rows, in_features / 32]` f16 bits. The bytes
+//! are the file's.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut};
+use kestrel::quant::q4_0::BlockQ4_0;
 use kestrel::quant::q8_0::BlockQ8_0;
 
 use super::gemv::{
     auto_k_split, check_epilogue, optional_ptr, Accumulate, GemvNorm, TiledLaunch, TILED_MAX_TOKENS,
 };
 use super::{expect_aligned16, expect_len, shape_error, to_i32, Arg};
-use crate::compile::GEMV_Q8_0;
+use crate::compile::GEMV_QUANT;
 use crate::dtype::Bf16;
 use crate::{CudaDevice, Result};
 
-/// Weights per Q8_0 block.
-pub const Q8_0_BLOCK: usize = 32;
+/// Weights per block (every format here).
+pub const QUANT_BLOCK: usize = 32;
 
-const NAMES: [&str; TILED_MAX_TOKENS] = [
-    "gemv_q8_0_t1",
-    "gemv_q8_0_t2",
-    "gemv_q8_0_t3",
-    "gemv_q8_0_t4",
-    "gemv_q8_0_t5",
-    "gemv_q8_0_t6",
-    "gemv_q8_0_t7",
-    "gemv_q8_0_t8",
-];
-const NORM_NAMES: [&str; TILED_MAX_TOKENS] = [
-    "gemv_q8_0_t1_norm",
-    "gemv_q8_0_t2_norm",
-    "gemv_q8_0_t3_norm",
-    "gemv_q8_0_t4_norm",
-    "gemv_q8_0_t5_norm",
-    "gemv_q8_0_t6_norm",
-    "gemv_q8_0_t7_norm",
-    "gemv_q8_0_t8_norm",
-];
+/// `[["gemv_{fmt}_t{T}", "gemv_{fmt}_t{T}_norm"]; 8]`.
+macro_rules! names {
+    ($fmt:literal) => {
+        [
+            names!(@t $fmt, "1"),
+            names!(@t $fmt, "2"),
+            names!(@t $fmt, "3"),
+            names!(@t $fmt, "4"),
+            names!(@t $fmt, "5"),
+            names!(@t $fmt, "6"),
+            names!(@t $fmt, "7"),
+            names!(@t $fmt, "8"),
+        ]
+    };
+    (@t $fmt:literal, $t:literal) => {
+        [
+            concat!("gemv_", $fmt, "_t", $t),
+            concat!("gemv_", $fmt, "_t", $t, "_norm"),
+        ]
+    };
+}
 
-/// `(qs, scales)` of the kernel's layout from a `[rows, in_features]` tensor's Q8_0 blocks (row-major,
-/// `in_features / 32` blocks per row, as GGUF stores them).
-pub fn repack_q8_0(blocks: &[BlockQ8_0], in_features: usize) -> Result<(Vec<i8>, Vec<u16>)> {
-    if in_features == 0 || !in_features.is_multiple_of(Q8_0_BLOCK) {
-        return Err(shape_error(
-            "repack_q8_0",
-            format!("in_features {in_features} must be a non-zero multiple of {Q8_0_BLOCK}"),
-        ));
+/// A weight format with a GEMV kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantFormat {
+    Q8_0,
+    Q4_0,
+}
+
+impl QuantFormat {
+    /// Weights per 16-byte chunk of `qs` (the kernel's `PER_CHUNK`).
+    fn weights_per_chunk(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => 16,
+            QuantFormat::Q4_0 => 32,
+        }
     }
-    let mut qs = Vec::with_capacity(blocks.len() * Q8_0_BLOCK);
-    let mut scales = Vec::with_capacity(blocks.len());
-    for b in blocks {
-        qs.extend_from_slice(&b.qs);
-        scales.push(u16::from_le_bytes(b.d));
+    /// `qs` bytes per row of `in_features` weights.
+    pub fn row_bytes(self, in_features: usize) -> usize {
+        in_features * 16 / self.weights_per_chunk()
     }
-    Ok((qs, scales))
+    fn kernel_name(self, tokens: usize, norm: bool) -> &'static str {
+        const Q8: [[&str; 2]; TILED_MAX_TOKENS] = names!("q8_0");
+        const Q4: [[&str; 2]; TILED_MAX_TOKENS] = names!("q4_0");
+        let table = match self {
+            QuantFormat::Q8_0 => &Q8,
+            QuantFormat::Q4_0 => &Q4,
+        };
+        table[tokens - 1][norm as usize]
+    }
+}
+
+/// `(qs, scales)` of the kernel's layout from Q8_0 blocks (row-major, `in_features / 32` per row, as
+/// GGUF stores them).
+pub fn repack_q8_0(blocks: &[BlockQ8_0]) -> (Vec<u8>, Vec<u16>) {
+    let qs = blocks.iter().flat_map(|b| b.qs.map(|q| q as u8)).collect();
+    (qs, blocks.iter().map(|b| u16::from_le_bytes(b.d)).collect())
+}
+
+/// [`repack_q8_0`] for Q4_0 blocks (each block's 16 nibble bytes as they are).
+pub fn repack_q4_0(blocks: &[BlockQ4_0]) -> (Vec<u8>, Vec<u16>) {
+    let qs = blocks.iter().flat_map(|b| b.qs).collect();
+    (qs, blocks.iter().map(|b| u16::from_le_bytes(b.d)).collect())
 }
 
 /// `y[t, n] = sum_k x[t, k] * w[n, k]` (+ bias, the fused norm and the modes of [`Accumulate`], as
-/// [`super::gemv::gemv_bf16_fused`]) with `w` given as [`repack_q8_0`]'s `qs` / `scales`, for 1..=8
-/// tokens.
+/// [`super::gemv::gemv_bf16_fused`]) with `w` in `format`, given as [`repack_q8_0`]'s or
+/// [`repack_q4_0`]'s `qs` / `scales`, for 1..=8 tokens.
 #[allow(clippy::too_many_arguments)]
-pub fn gemv_q8_0(
+pub fn gemv_quant(
     dev: &CudaDevice,
+    format: QuantFormat,
     x: &impl DevicePtr<Bf16>,
     norm: Option<GemvNorm<'_>>,
-    qs: &impl DevicePtr<i8>,
+    qs: &impl DevicePtr<u8>,
     scales: &impl DevicePtr<u16>,
     bias: Option<&dyn DevicePtr<f32>>,
     in_features: usize,
     y: &mut impl DevicePtrMut<Bf16>,
     mode: Accumulate,
 ) -> Result<()> {
-    const OP: &str = "gemv_q8_0";
-    if in_features == 0 || !in_features.is_multiple_of(Q8_0_BLOCK) {
+    const OP: &str = "gemv_quant";
+    if in_features == 0 || !in_features.is_multiple_of(QUANT_BLOCK) {
         return Err(shape_error(
             OP,
-            format!("in_features {in_features} must be a non-zero multiple of {Q8_0_BLOCK}"),
+            format!("in_features {in_features} must be a non-zero multiple of {QUANT_BLOCK}"),
         ));
     }
-    if !qs.len().is_multiple_of(in_features) || !x.len().is_multiple_of(in_features) {
+    let row_bytes = format.row_bytes(in_features);
+    if !qs.len().is_multiple_of(row_bytes) || !x.len().is_multiple_of(in_features) {
         return Err(shape_error(
             OP,
             format!(
-                "weight ({} values) and x ({} elements) must be multiples of in_features {in_features}",
+                "{format:?} weight ({} bytes) and x ({} elements) must be whole rows of {in_features}",
                 qs.len(),
                 x.len()
             ),
         ));
     }
-    let out_features = qs.len() / in_features;
+    let out_features = qs.len() / row_bytes;
     let tokens = x.len() / in_features;
-    expect_len(
-        OP,
-        "scales",
-        scales.len(),
-        out_features * in_features / Q8_0_BLOCK,
-    )?;
+    let blocks = out_features * in_features / QUANT_BLOCK;
+    expect_len(OP, "scales", scales.len(), blocks)?;
     if !(1..=TILED_MAX_TOKENS).contains(&tokens) {
         return Err(shape_error(
             OP,
-            format!("{tokens} tokens; the Q8_0 GEMV takes 1..={TILED_MAX_TOKENS}"),
+            format!("{tokens} tokens; the {format:?} GEMV takes 1..={TILED_MAX_TOKENS}"),
         ));
     }
     let out_rows = check_epilogue(
@@ -139,19 +165,16 @@ pub fn gemv_q8_0(
         Arg::I32(to_i32(OP, "out_features", out_rows)?),
         Arg::I32(mode.kernel_mode()),
     ];
-    let name = if norm.is_some() {
-        NORM_NAMES[tokens - 1]
-    } else {
-        NAMES[tokens - 1]
-    };
-    // a 16-byte chunk is 16 weights here (8 in bf16): split K as for a bf16 row of half the width
+    let name = format.kernel_name(tokens, norm.is_some());
+    // split K by 16-byte chunks, as for a bf16 row of as many chunks (8 weights each)
+    let chunk_width = in_features / format.weights_per_chunk() * 8;
     let tiled = TiledLaunch {
         tokens,
         in_features,
         out_rows,
         norm: norm.is_some(),
         mode,
-        k_split: auto_k_split(out_features, in_features / 2),
+        k_split: auto_k_split(out_features, chunk_width),
     };
-    tiled.launch(dev, &GEMV_Q8_0, name, args)
+    tiled.launch(dev, &GEMV_QUANT, name, args)
 }
