@@ -5,6 +5,7 @@ mod bench_throughput;
 mod chat;
 mod common;
 mod inspect;
+mod perplexity;
 mod run;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     /// Measure prompt processing (pp) and text generation (tg) speed, llama-bench style; with
     /// --throughput or --sweep, the batching engine's throughput.
     Bench(bench::BenchArgs),
+    /// A text's perplexity under the model, llama-perplexity's method (-f FILE, -c chunk size)
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::chat(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Perplexity(a) => perplexity::perplexity_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

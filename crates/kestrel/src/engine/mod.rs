@@ -8,6 +8,7 @@ pub mod generate;
 pub mod handle;
 pub mod loaded;
 pub mod penalties;
+pub mod perplexity;
 pub mod request;
 pub mod row_sampling;
 pub mod runner;
