@@ -12,32 +12,34 @@ use crate::common::{ModelArgs, Ready, WithModel};
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
-    /// The model, device and threads; -c/--ctx-size is the chunk size here [default: 512, as
-    /// llama-perplexity]
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The text file to score (UTF-8)
+    /// The text file to score (UTF-8). The chunk size is -c/--ctx-size, 512 by default here (as
+    /// llama-perplexity)
     #[arg(short, long)]
     pub file: std::path::PathBuf,
     /// Score at most this many chunks [default: every whole chunk of the text]
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// The file's text, read before the model loads (a wrong path fails at once)
+    #[arg(skip)]
+    text: String,
 }
 
-pub fn perplexity_cmd(args: PerplexityArgs) -> Result<()> {
+pub fn perplexity_cmd(mut args: PerplexityArgs) -> Result<()> {
+    args.text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading --file {}", args.file.display()))?;
     args.model.clone().dispatch(args)
 }
 
 impl WithModel for PerplexityArgs {
     fn run<B: Backend>(self, ready: Ready<B>) -> Result<()> {
-        let text = std::fs::read_to_string(&self.file)
-            .with_context(|| format!("reading --file {}", self.file.display()))?;
         let Ready {
             backend, loaded, ..
         } = ready;
         let n_ctx = self.model.ctx_size.unwrap_or(512);
         // the tokenizer's own special tokens (a BOS where the model adds one), as llama-perplexity
-        let tokens = loaded.tokenizer.encode(&text, true)?;
+        let tokens = loaded.tokenizer.encode(&self.text, true)?;
         let bos = loaded.tokenizer.encode("", true)?.first().copied();
         let chunks = chunk_count(tokens.len(), n_ctx, self.chunks);
         eprintln!(
