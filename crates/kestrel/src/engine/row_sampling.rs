@@ -42,24 +42,30 @@ fn order(a: &Cand, b: &Cand) -> std::cmp::Ordering {
         .then(a.0.cmp(&b.0))
 }
 
-/// The token `row` (penalties already applied) gives under `r`, as the module doc defines it. The
-/// sorted order is never built: weighted selection finds where each decision falls (expected linear
-/// time, so a whole 151,936-token vocabulary needs no sort); its sums run in another order than the
-/// sorted prefix sums, so only a draw within f64 rounding of a boundary can differ from sorting.
-pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
+/// The finite logits scaled by `1 / temperature`, with their token ids (probabilities still 0);
+/// `None` where the row's answer is the argmax (temperature 0, or no finite logit).
+fn candidates(row: &[f32], r: &RowSampling) -> Option<Vec<Cand>> {
     if r.temperature == 0.0 {
-        return argmax(row);
+        return None;
     }
     let inv_t = 1.0 / r.temperature;
-    let mut cand: Vec<Cand> = row
+    let cand: Vec<Cand> = row
         .iter()
         .enumerate()
         .filter(|(_, l)| l.is_finite())
         .map(|(i, &l)| (i as u32, l * inv_t, 0.0))
         .collect();
-    if cand.is_empty() {
+    (!cand.is_empty()).then_some(cand)
+}
+
+/// The token `row` (penalties already applied) gives under `r`, as the module doc defines it. The
+/// sorted order is never built: weighted selection finds where each decision falls (expected linear
+/// time, so a whole 151,936-token vocabulary needs no sort); its sums run in another order than the
+/// sorted prefix sums, so only a draw within f64 rounding of a boundary can differ from sorting.
+pub fn sample_with_u(row: &[f32], r: &RowSampling) -> u32 {
+    let Some(mut cand) = candidates(row, r) else {
         return argmax(row);
-    }
+    };
     let k = if r.top_k > 0 {
         r.top_k.min(cand.len())
     } else {
@@ -135,19 +141,9 @@ mod tests {
 
     /// The module doc's procedure literally: sort every candidate, then prefix sums.
     fn sorted_reference(row: &[f32], r: &RowSampling) -> u32 {
-        if r.temperature == 0.0 {
+        let Some(mut cand) = candidates(row, r) else {
             return argmax(row);
-        }
-        let inv_t = 1.0 / r.temperature;
-        let mut cand: Vec<Cand> = row
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l * inv_t, 0.0))
-            .collect();
-        if cand.is_empty() {
-            return argmax(row);
-        }
+        };
         cand.sort_by(order);
         if r.top_k > 0 {
             cand.truncate(r.top_k);
