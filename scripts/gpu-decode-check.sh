@@ -9,6 +9,8 @@
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES; THROUGHPUT_TEMPERATURE=0.6 adds
 #      nano-vllm's sampled variant) into throughput.txt,
+#      QUANT_QUALITY=1 (the quantized-model quality test at BENCH_SHAPES, types KESTREL_QUANT_TYPES; the
+#      CPU comparisons at 0.6b only) into quant-quality-<shape>.txt,
 #      SANITIZE=1 (compute-sanitizer memcheck + racecheck (SANITIZE_TOOLS) on short 0.6B generations:
 #      graphs and eager, greedy and GPU-sampled; memcheck also the engine with chunked prefill) into
 #      sanitize.txt.
@@ -55,6 +57,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;
+      q8_0|q4_0|q4_k_m) env=(); extra=(--quant "$variant") ;;
     esac
     echo "== $shape $variant" >> "$out/bench.txt"
     env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda -p 512 -n 128 -r 3 "${extra[@]}" \
@@ -62,6 +65,15 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
   done
 done
 echo "bench done ($((SECONDS - start)) s)" >> "$out/summary.txt"
+if [ "${QUANT_QUALITY:-0}" = 1 ]; then
+  # issue 4: BF16 vs its quantized versions at full size; GPU vs CPU on the same quantized model
+  for shape in ${BENCH_SHAPES:-0.6b 4b}; do
+    cpu=0; [ "$shape" = 0.6b ] && cpu=1
+    KESTREL_PARITY_DIR=/tmp/kestrel-parity/$shape KESTREL_QUANT_CPU=$cpu \
+      $(ls .gpu/tests/kestrel_cuda_gpu_quant_quality-* | head -n 1) --nocapture > "$out/quant-quality-$shape.txt" 2>&1
+    echo "quant quality $shape rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
+  done
+fi
 if [ "${THROUGHPUT:-0}" = 1 ]; then
   # issue 5: the engine on nano-vllm's bench.py workload and the concurrency sweep; batched decode
   for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do

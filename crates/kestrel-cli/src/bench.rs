@@ -161,7 +161,7 @@ fn bench_with<B: Backend>(args: BenchArgs, ready: Ready<B>) -> Result<()> {
         };
         results.push((label, mean_sd(&speeds)));
     }
-    let model_name = loaded.source.path().display().to_string();
+    let model_name = crate::common::model_label(&loaded);
     let backend_name = backend.name();
     // Kernels per decode step, where the backend counts them (after a tg run: a step of the batch).
     let kernels = if args.n_gen > 0 {

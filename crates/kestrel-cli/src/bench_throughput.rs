@@ -212,7 +212,7 @@ pub fn run<B: Backend>(
         },
         max_model_len: None,
     };
-    let model_name = loaded.source.path().display().to_string();
+    let model_name = crate::common::model_label(&loaded);
     let backend_name = backend.name();
     let mut engine = Engine::from_loaded(backend, loaded, cfg).context("setting up the engine")?;
     let params = |max_tokens| SamplingParams {

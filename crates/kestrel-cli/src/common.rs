@@ -5,9 +5,32 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kestrel::backend::cpu::CpuBackend;
 use kestrel::backend::Backend;
-use kestrel::engine::loaded::LoadedModel;
+use kestrel::engine::loaded::{LoadOptions, LoadedModel};
 use kestrel::engine::sampling::SamplingParams;
+use kestrel::formats::HostTensor;
+use kestrel::quant::QuantType;
 use kestrel::KestrelError;
+
+/// What --quant and `kestrel quantize --type` take, for clap.
+pub fn parse_quant(s: &str) -> std::result::Result<QuantType, String> {
+    QuantType::parse(s).map_err(|e| match e {
+        KestrelError::InvalidParameter { msg, .. } => msg,
+        other => other.to_string(),
+    })
+}
+
+/// The long help of --quant and `kestrel quantize --type`: what each type is and costs.
+pub const QUANT_TYPES_HELP: &str = concat!(
+    "q8_0    8-bit integers, one f16 scale per 32 weights: 8.5 bits (1.06 bytes) per weight;\n",
+    "        close to lossless\n",
+    "q4_0    4-bit integers, one f16 scale per 32 weights: 4.5 bits (0.56 bytes) per weight\n",
+    "q4_k_m  llama.cpp's Q4_K_M mixture: Q4_K (4.5 bits per weight; 256-weight super-blocks)\n",
+    "        for most weights; Q6_K (6.56 bits) for the lm_head (or the tied embeddings) and\n",
+    "        for attn_v / ffn_down in the first and last eighth of the layers and every third\n",
+    "        layer between; Q5_0 / Q8_0 where rows aren't a multiple of 256. About 5 bits\n",
+    "        (0.6 bytes) per weight\n",
+    "Norms and biases stay F32. Each tensor gets the type llama.cpp's llama-quantize gives it."
+);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
@@ -39,6 +62,27 @@ pub struct ModelArgs {
     /// by default)
     #[arg(long)]
     pub eager: bool,
+    /// Quantize the weights while loading: q8_0 (8.5 bits per weight), q4_0 (4.5) or q4_k_m (about 5),
+    /// for float checkpoints (HF safetensors, F32/F16/BF16 GGUF)
+    #[arg(long, value_name = "TYPE", value_parser = parse_quant, long_help = quant_flag_help())]
+    pub quant: Option<QuantType>,
+}
+
+fn quant_flag_help() -> String {
+    format!(
+        "Quantize the weights while loading, as `kestrel quantize` would write them to a GGUF\n\
+file. For float checkpoints: HF safetensors directories (BF16/F16/F32) and F32/F16/BF16\n\
+GGUF files; a GGUF that is already quantized is refused (run it as it is).\n\n{QUANT_TYPES_HELP}"
+    )
+}
+
+/// How benchmark tables name a loaded model: its path, and the quantization applied at load.
+pub fn model_label<B: Backend>(loaded: &LoadedModel<B>) -> String {
+    let path = loaded.source.path().display().to_string();
+    match loaded.quant {
+        Some(q) => format!("{path} --quant {}", q.name()),
+        None => path,
+    }
 }
 
 /// A loaded model on its backend, ready for a subcommand.
@@ -78,13 +122,56 @@ impl ModelArgs {
 
     fn load_cpu(&self) -> Result<Ready<CpuBackend>> {
         let backend = CpuBackend::new();
-        let loaded = LoadedModel::load(&self.model, &backend)
+        let loaded = self
+            .load_model(&backend)
             .with_context(|| format!("loading model '{}'", self.model))?;
         Ok(Ready {
             backend,
             loaded,
             kv_tokens: None,
         })
+    }
+
+    /// Loads the model on `backend`; with --quant, quantizing as it loads, with a progress line.
+    fn load_model<B: Backend>(&self, backend: &B) -> kestrel::Result<LoadedModel<B>> {
+        let Some(quant) = self.quant else {
+            return LoadedModel::load(&self.model, backend);
+        };
+        let bar = indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{spinner}} quantizing to {quant} while loading: {{pos}} tensors, {{msg}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        let tick = |t: &HostTensor| {
+            bar.set_message(format!("{} {}", t.name, t.ty));
+            bar.inc(1);
+        };
+        let opts = LoadOptions {
+            quant: Some(quant),
+            on_tensor: Some(&tick),
+        };
+        let loaded = LoadedModel::load_with(&self.model, backend, opts);
+        bar.finish_and_clear();
+        if let Ok(l) = &loaded {
+            let bytes: usize = l
+                .model
+                .layers
+                .iter()
+                .flat_map(|w| [&w.qkv, &w.o_proj, &w.gate_up, &w.down])
+                .chain([&l.model.embed])
+                .chain(&l.model.lm_head)
+                .map(|m| backend.matrix_bytes(m))
+                .sum();
+            eprintln!(
+                "quantized {} to {quant} while loading: {:.1} MiB of weight matrices on {}, {:.1} s",
+                self.model,
+                bytes as f64 / (1 << 20) as f64,
+                backend.name(),
+                l.load_seconds
+            );
+        }
+        loaded
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -116,7 +203,7 @@ impl ModelArgs {
             let loaded = (|| {
                 let source = kestrel::formats::source::ModelSource::open(&self.model)?;
                 backend.check_weights_fit(&source.config()?)?;
-                LoadedModel::load(&self.model, &backend)
+                self.load_model(&backend)
             })();
             (loaded, kernels.join())
         });

@@ -6,6 +6,7 @@ mod chat;
 mod common;
 mod inspect;
 mod perplexity;
+mod quantize;
 mod run;
 
 use std::process::ExitCode;
@@ -21,7 +22,9 @@ use clap::{Parser, Subcommand};
 directories, GGUF files (F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, ...) or Hugging Face repo ids.\n\n\
 Examples:\n  kestrel run --model Qwen/Qwen3-0.6B \"Why is the sky blue?\"\n  \
 kestrel chat --model ~/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf\n  \
-kestrel bench --model model.gguf -p 512 -n 128\n  kestrel inspect model.gguf"
+kestrel bench --model model.gguf -p 512 -n 128\n  kestrel inspect model.gguf\n  \
+kestrel quantize Qwen/Qwen3-0.6B qwen3-0.6b-q4_k_m.gguf --type q4_k_m\n  \
+kestrel run --model Qwen/Qwen3-0.6B --quant q8_0 \"Hello\""
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +44,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A text's perplexity under the model, llama-perplexity's method (-f FILE, -c chunk size)
     Perplexity(perplexity::PerplexityArgs),
+    /// Write an HF safetensors checkpoint as a Q8_0, Q4_0 or Q4_K_M GGUF file (llama.cpp's type per
+    /// tensor) that Kestrel and llama.cpp load
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity_cmd(a),
+        Command::Quantize(a) => quantize::quantize(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@
 // PDL: the block loads its first weight chunks before waiting for the previous kernel.
 // Launch: grid ceil(rows / (R * 8 / k_split)) with R = GEMV_R (modes 0, 1) or 1 (mode 2, rows =
 // inter), block 256, dynamic shared memory T * in_features * 2 bytes with _norm; in_features % 8 == 0.
+// y's rows are ldy apart (rows, or wider where y holds several matrices' outputs side by side).
 #pragma once
 #include "common.cuh"
 
@@ -137,13 +138,56 @@ __device__ __forceinline__ void norm_rows_to_shared(uint4 *xs, const bf16 *__res
     __syncthreads();
 }
 
+// The end of a tiled GEMV (any weight format, any activation form): each warp's sums through shared
+// memory, the K-slices added in a fixed order by the group's first warp, then the mode's epilogue.
+template <int T>
+__device__ __forceinline__ void gemv_finish(float (&acc)[GEMV_R][T], bf16 *y,
+                                            const float *__restrict__ bias, int rows, int mode,
+                                            int k_split, int ldy, int row0) {
+    __shared__ float partial[GEMV_WARPS][GEMV_R * T];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int slice = warp % k_split;
+#pragma unroll
+    for (int r = 0; r < GEMV_R; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t) {
+            const float s = warp_sum(acc[r][t]);
+            if (lane == 0) partial[warp][r * T + t] = s;
+        }
+    __syncthreads();
+    if (slice != 0) return;
+    if (mode == MODE_SILU) {
+        // lane t of a group's first warp finishes token t of its one output row
+        if (lane >= T || row0 >= rows) return;
+        float g = 0.0f, u = 0.0f;
+        for (int j = 0; j < k_split; ++j) {
+            g += partial[warp + j][lane];
+            u += partial[warp + j][T + lane];
+        }
+        g = round_bf16(g);
+        const float s = round_bf16(g / (1.0f + expf(-g)));
+        y[(size_t)lane * ldy + row0] = __float2bfloat16(s * round_bf16(u));
+        return;
+    }
+    // lane i of a group's first warp finishes output (row r, token t) = (i / T, i % T)
+    if (lane >= GEMV_R * T) return;
+    const int r = lane / T, t = lane - r * T, n = row0 + r;
+    if (n >= rows) return;
+    float v = 0.0f;
+    for (int j = 0; j < k_split; ++j) v += partial[warp + j][lane];
+    if (bias != nullptr) v += bias[n];
+    bf16 *out = y + (size_t)t * ldy + n;
+    if (mode == MODE_ADD) v = __bfloat162float(*out) + round_bf16(v);
+    *out = __float2bfloat16(v);
+}
+
 template <class W, int T, bool NORM>
 __device__ __forceinline__ void gemv_tiled(bf16 *y, const bf16 *__restrict__ x, const W w,
                                            const float *__restrict__ bias,
                                            const float *__restrict__ norm_w, float eps,
-                                           int in_features, int rows, int mode, int k_split) {
+                                           int in_features, int rows, int mode, int k_split,
+                                           int ldy) {
     extern __shared__ uint4 gemv_xs[];
-    __shared__ float partial[GEMV_WARPS][GEMV_R * T];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp / k_split, slice = warp - group * k_split;
     const bool silu = mode == MODE_SILU;
@@ -204,37 +248,6 @@ __device__ __forceinline__ void gemv_tiled(bf16 *y, const bf16 *__restrict__ x, 
         for (int r = 0; r < GEMV_R; ++r) wq[r] = w.load(wv[r], c);
         fma_chunk<W, T, NORM>(wq, xv, xchunks, c, acc);
     }
-#pragma unroll
-    for (int r = 0; r < GEMV_R; ++r)
-#pragma unroll
-        for (int t = 0; t < T; ++t) {
-            const float s = warp_sum(acc[r][t]);
-            if (lane == 0) partial[warp][r * T + t] = s;
-        }
-    __syncthreads();
-    if (slice != 0) return;
-    if (silu) {
-        // lane t of a group's first warp finishes token t of its one output row
-        if (lane >= T || row0 >= rows) return;
-        float g = 0.0f, u = 0.0f;
-        for (int j = 0; j < k_split; ++j) {
-            g += partial[warp + j][lane];
-            u += partial[warp + j][T + lane];
-        }
-        g = round_bf16(g);
-        const float s = round_bf16(g / (1.0f + expf(-g)));
-        y[(size_t)lane * rows + row0] = __float2bfloat16(s * round_bf16(u));
-        return;
-    }
-    // lane i of a group's first warp finishes output (row r, token t) = (i / T, i % T)
-    if (lane >= GEMV_R * T) return;
-    const int r = lane / T, t = lane - r * T, n = row0 + r;
-    if (n >= rows) return;
-    float v = 0.0f;
-    for (int j = 0; j < k_split; ++j) v += partial[warp + j][lane];
-    if (bias != nullptr) v += bias[n];
-    bf16 *out = y + (size_t)t * rows + n;
-    if (mode == MODE_ADD) v = __bfloat162float(*out) + round_bf16(v);
-    *out = __float2bfloat16(v);
+    gemv_finish<T>(acc, y, bias, rows, mode, k_split, ldy, row0);
 }
 

@@ -47,6 +47,8 @@ pub const SILU_MUL: Kernel = kernel!("silu_mul.cu");
 pub const GEMV_BF16: Kernel = kernel!("gemv_bf16.cu");
 pub const GEMV_TILED: Kernel = kernel!("gemv_tiled.cu");
 pub const GEMV_QUANT: Kernel = kernel!("gemv_quant.cu");
+pub const DEQUANT: Kernel = kernel!("dequant.cu");
+pub const GEMV_DP4A: Kernel = kernel!("gemv_dp4a.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
@@ -63,6 +65,8 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GEMV_BF16,
     GEMV_TILED,
     GEMV_QUANT,
+    DEQUANT,
+    GEMV_DP4A,
     ARGMAX,
     SAMPLING,
     ELEMENTWISE,
@@ -75,6 +79,14 @@ pub const ALL_KERNELS: &[Kernel] = &[
 pub(crate) const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("gemv_tiled.cuh", include_str!("../kernels/gemv_tiled.cuh")),
+    (
+        "quant_formats.cuh",
+        include_str!("../kernels/quant_formats.cuh"),
+    ),
+    (
+        "quant_kformats.cuh",
+        include_str!("../kernels/quant_kformats.cuh"),
+    ),
     (
         "attention_decode.cuh",
         include_str!("../kernels/attention_decode.cuh"),

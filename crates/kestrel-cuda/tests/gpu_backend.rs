@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::model_run::{rel_l2, teacher_forced};
 use common::testdata;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -22,7 +23,7 @@ use kestrel::formats::HostTensor;
 use kestrel::model::Qwen3Model;
 use kestrel::quant::GgmlType;
 use kestrel::KestrelError;
-use kestrel_cuda::backend::tensor::matrix_to_bf16;
+use kestrel_cuda::backend::tensor::{matrix_for_device, matrix_to_bf16, HostMatrix};
 use kestrel_cuda::backend::{CudaBackend, CudaTensor};
 use kestrel_cuda::dtype::to_bf16;
 use serde_json::Value;
@@ -88,34 +89,10 @@ fn reference(dir: &str) -> Reference {
     }
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
 fn load<B: Backend>(backend: &B, path: &str) -> Qwen3Model<B> {
     let src = ModelSource::open(testdata(path).to_str().unwrap()).unwrap();
     let cfg = src.config().unwrap();
     Qwen3Model::load(backend, &cfg, &src).unwrap()
-}
-
-/// Teacher-forced logits of `tokens`: as prefill chunks (a third, then the rest over the cached
-/// prefix) or token by token (decode steps).
-fn teacher_forced<B: Backend>(b: &B, m: &Qwen3Model<B>, tokens: &[u32], decode: bool) -> Vec<f32> {
-    let mut seq = SingleSequence::new(b, m, 128).unwrap();
-    let mut rows = Vec::new();
-    if decode {
-        for t in tokens {
-            rows.extend(seq.feed(b, m, std::slice::from_ref(t), true).unwrap());
-        }
-    } else {
-        let split = tokens.len() / 3;
-        rows.extend(seq.feed(b, m, &tokens[..split], true).unwrap());
-        rows.extend(seq.feed(b, m, &tokens[split..], true).unwrap());
-    }
-    rows.concat()
 }
 
 fn check_parity(model_dir: &str, ref_dir: &str) {
@@ -308,25 +285,41 @@ fn kv_cache_sizing_and_clear_memory_errors() {
     );
 }
 
-/// Runs without a GPU: quantized weights are refused by name, pointing at issue #4.
+/// Runs without a GPU: quantized types without a GPU kernel, and merged matrices mixing float and
+/// quantized parts, are refused naming the tensor; formats with kernels are kept as blocks.
 #[test]
-fn quantized_weights_are_refused_by_name() {
-    let t = HostTensor::from_bytes(
-        "model.layers.0.mlp.down_proj.weight",
-        GgmlType::Q8_0,
-        vec![2, 32],
-        vec![0; 2 * 34],
-    );
-    let err = matrix_to_bf16(&[t]).unwrap_err();
+fn quantized_weights_are_kept_or_refused_by_name() {
+    let q = |name: &str, ty: GgmlType| {
+        let bytes = ty.row_bytes(32).unwrap() * 2;
+        HostTensor::from_bytes(name, ty, vec![2, 32], vec![0; bytes])
+    };
+    let down = "model.layers.0.mlp.down_proj.weight";
+    let err = matrix_for_device(&[q(down, GgmlType::Q4_1)]).unwrap_err();
     assert!(
         matches!(err, KestrelError::UnsupportedTensorType { .. }),
         "{err}"
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("down_proj") && msg.contains("Q8_0") && msg.contains("#4"),
+        msg.contains("down_proj") && msg.contains("Q4_1") && msg.contains("--device cpu"),
         "{msg}"
     );
+    let mixed = [
+        q("model.layers.0.self_attn.q_proj.weight", GgmlType::Q8_0),
+        HostTensor::from_f32(
+            "model.layers.0.self_attn.k_proj.weight",
+            vec![1, 32],
+            &[0.5; 32],
+        ),
+    ];
+    let msg = matrix_for_device(&mixed).unwrap_err().to_string();
+    assert!(msg.contains("k_proj") && msg.contains("quantized"), "{msg}");
+    // a Q8_0 part and a Q4_0 part stacked: two runs of planes, 4 rows in all
+    let parts = [q("a", GgmlType::Q8_0), q("b", GgmlType::Q4_0)];
+    match matrix_for_device(&parts).unwrap() {
+        (4, 32, HostMatrix::Quant(runs)) => assert_eq!(runs.len(), 2),
+        _ => panic!("expected two quantized runs"),
+    }
     // bf16 source bytes pass through exactly; f32 rounds to nearest even
     let f = HostTensor::from_f32("w", vec![1, 2], &[1.0, 1.0 + 1.0 / 256.0]);
     let (rows, cols, v) = matrix_to_bf16(&[f]).unwrap();

@@ -1,24 +1,34 @@
-//! Quantized decode GEMV (kernels/gemv_quant.cu: Q8_0 and Q4_0) on fresh random inputs:
+//! Quantized decode GEMV (kernels/gemv_quant.cu: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K) and the dequantizing
+//! kernel (kernels/dequant.cu) on fresh random inputs:
 //! - blocks quantized from random weights (kestrel's CPU quantizer), against f64 dot products of the
 //!   dequantized weights (the CPU reference's `dequantize`);
 //! - every fused mode (input RMSNorm, SwiGLU, residual add, bias) against the bf16 tiled GEMV, with
-//!   scales that are powers of two so that every dequantized weight is exactly a bf16 value and the
-//!   two kernels compute the same sums (in another grouping: a chunk's 16 products, then its scale);
+//!   scales chosen so that every dequantized weight is exactly a bf16 value and the two kernels
+//!   compute the same sums (in another grouping: a chunk's products, then its scales);
+//! - dequantized rows against the CPU dequantizer, bit for bit;
 //! - a timing printout against the bf16 GEMV at Qwen3-4B's shapes (not asserted: `kestrel bench` is
 //!   where speed is claimed).
+//!
+//! K-quants (Q4_K, Q6_K) take rows of whole 256-weight super-blocks: cases with other widths run for
+//! the 32-weight formats only.
 //!
 //! Without a GPU these skip (with a message), unless KESTREL_REQUIRE_GPU=1.
 
 mod common;
 
 use common::Rng;
+use kestrel::quant;
 use kestrel::quant::q4_0::BlockQ4_0;
+use kestrel::quant::q4_k::BlockQ4K;
+use kestrel::quant::q5_0::BlockQ5_0;
+use kestrel::quant::q6_k::BlockQ6K;
 use kestrel::quant::q8_0::BlockQ8_0;
-use kestrel::quant::{Block, QuantizeBlock};
 use kestrel_cuda::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
+use kestrel_cuda::ops::dequant::{dequant_rows, RowSelect};
 use kestrel_cuda::ops::gemv::{gemv_bf16_fused, Accumulate, GemvNorm};
-use kestrel_cuda::ops::gemv_quant::{gemv_quant, repack_q4_0, repack_q8_0, QuantFormat};
+use kestrel_cuda::ops::gemv_quant::gemv_quant;
+use kestrel_cuda::ops::quant_layout::{QuantFormat, QuantWeights};
 use kestrel_cuda::{Bf16, CudaDevice};
 
 fn device() -> Option<CudaDevice> {
@@ -51,98 +61,61 @@ fn download(dev: &CudaDevice, d: &CudaSlice<Bf16>) -> Vec<f32> {
 
 /// Quantized weights on the device and their dequantized values on the host.
 struct QWeights {
-    format: QuantFormat,
-    qs: CudaSlice<u8>,
-    scales: CudaSlice<u16>,
+    w: QuantWeights,
     values: Vec<f32>,
 }
 
-fn dequantized<B: Block>(blocks: &[B]) -> Vec<f32> {
-    let mut values = vec![0.0f32; blocks.len() * 32];
-    for (b, out) in blocks.iter().zip(values.chunks_mut(32)) {
-        b.dequantize(out);
-    }
-    values
-}
-
-/// `w` quantized by the CPU quantizer in `format`, uploaded in the kernel's layout.
-fn quantized(dev: &CudaDevice, format: QuantFormat, w: &[f32]) -> QWeights {
-    fn blocks<B: QuantizeBlock + Copy>(w: &[f32], zero: B) -> Vec<B> {
-        let mut out = vec![zero; w.len() / 32];
-        for (b, src) in out.iter_mut().zip(w.chunks(32)) {
-            B::quantize(src, b);
-        }
-        out
-    }
-    match format {
-        QuantFormat::Q8_0 => {
-            let b = blocks(
-                w,
-                BlockQ8_0 {
-                    d: [0; 2],
-                    qs: [0; 32],
-                },
-            );
-            upload_blocks(dev, format, repack_q8_0(&b), dequantized(&b))
-        }
-        QuantFormat::Q4_0 => {
-            let b = blocks(
-                w,
-                BlockQ4_0 {
-                    d: [0; 2],
-                    qs: [0; 16],
-                },
-            );
-            upload_blocks(dev, format, repack_q4_0(&b), dequantized(&b))
-        }
-    }
-}
-
-fn upload_blocks(
-    dev: &CudaDevice,
-    format: QuantFormat,
-    (qs, scales): (Vec<u8>, Vec<u16>),
-    values: Vec<f32>,
-) -> QWeights {
+/// GGUF rows of `format` (`k` weights each) uploaded in the kernels' layout, with their values as
+/// the CPU reference dequantizes them.
+fn from_gguf_bytes(dev: &CudaDevice, format: QuantFormat, raw: &[u8], k: usize) -> QWeights {
+    let values = quant::dequantize_tensor(format.ggml(), raw, k).unwrap();
+    let planes = format.repack(raw, k).unwrap();
     QWeights {
-        format,
-        qs: upload(dev, &qs),
-        scales: upload(dev, &scales),
+        w: QuantWeights::upload(dev, format, k, &planes).unwrap(),
         values,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `w` (rows of `k`) quantized by the CPU quantizer in `format`, uploaded in the kernel's layout.
+fn quantized(dev: &CudaDevice, format: QuantFormat, w: &[f32], k: usize) -> QWeights {
+    let raw = quant::quantize_tensor(format.ggml(), w, k).unwrap();
+    from_gguf_bytes(dev, format, &raw, k)
+}
+
 fn run(
     dev: &CudaDevice,
     w: &QWeights,
     x: &CudaSlice<Bf16>,
     norm: Option<GemvNorm<'_>>,
     bias: Option<&dyn DevicePtr<f32>>,
-    k: usize,
     y: &mut CudaSlice<Bf16>,
     mode: Accumulate,
 ) {
-    gemv_quant(dev, w.format, x, norm, &w.qs, &w.scales, bias, k, y, mode).unwrap();
+    gemv_quant(dev, &w.w, x, norm, bias, y, mode).unwrap();
 }
 
 #[test]
 fn quant_gemv_matches_f64_dot_products_of_the_dequantized_weights() {
     let Some(dev) = device() else { return };
     let mut g = Rng::new("quant_gemv_f64");
-    // (in, out, tokens, bias, mode): Qwen3 shapes, few rows, ragged K-slices, 8 tokens
+    // (in, out, tokens, bias, mode): Qwen3 shapes, few rows, ragged K-slices, 8 tokens, one
+    // super-block; 96 and 160 (not whole super-blocks) for the 32-weight formats only
     let cases = [
         (1024, 3072, 1, false, Accumulate::Overwrite),
         (2560, 1000, 3, true, Accumulate::Overwrite),
         (9728, 2560, 1, false, Accumulate::AddToOutput),
+        (3072, 200, 5, true, Accumulate::AddToOutput),
         (1024, 96, 8, true, Accumulate::Overwrite),
+        (256, 72, 2, false, Accumulate::AddToOutput),
         (96, 40, 2, false, Accumulate::AddToOutput),
+        (160, 24, 7, true, Accumulate::Overwrite),
     ];
     for ((k, n, tokens, with_bias, mode), format) in cases
         .into_iter()
-        .flat_map(|c| [(c, QuantFormat::Q8_0), (c, QuantFormat::Q4_0)])
+        .flat_map(|c| QuantFormat::ALL.map(|f| (c, f)))
+        .filter(|&(c, f)| f.fits_row(c.0))
     {
-        let q = quantized(&dev, format, &activations(&mut g, n * k, 0.02));
+        let q = quantized(&dev, format, &activations(&mut g, n * k, 0.02), k);
         let x = activations(&mut g, tokens * k, 1.0);
         let bias: Vec<f32> = (0..n).map(|_| round_bf16(0.1 * normal(&mut g))).collect();
         let y0 = activations(&mut g, tokens * n, 1.0);
@@ -153,7 +126,7 @@ fn quant_gemv_matches_f64_dot_products_of_the_dequantized_weights() {
         let d_bias = upload(&dev, &bias);
         let bias_arg = with_bias.then_some(&d_bias as &dyn DevicePtr<f32>);
         let d_x = upload(&dev, &to_bf16(&x));
-        run(&dev, &q, &d_x, None, bias_arg, k, &mut y, mode);
+        run(&dev, &q, &d_x, None, bias_arg, &mut y, mode);
         let got = download(&dev, &y);
         let mut exact = 0;
         for t in 0..tokens {
@@ -189,13 +162,26 @@ fn quant_gemv_matches_f64_dot_products_of_the_dequantized_weights() {
     }
 }
 
-/// `count` blocks of `format` whose scales are powers of two: every dequantized weight is exactly a
-/// bf16 value.
-fn exact(dev: &CudaDevice, g: &mut Rng, format: QuantFormat, count: usize) -> QWeights {
+/// A `[rows, k]` weight in `format` whose every dequantized weight is exactly a bf16 value: f16
+/// scales are powers of two and each weight a power of two times an integer below 256 in magnitude
+/// (Q8_0, Q4_0, Q5_0: the quant; Q4_K: sc * q - m with sc < 16, m < 64 and dmin = d; Q6_K:
+/// sc * (q - 32) with |sc| <= 7), so that every way of computing it is exact.
+fn exact(dev: &CudaDevice, g: &mut Rng, format: QuantFormat, rows: usize, k: usize) -> QWeights {
     fn scale(g: &mut Rng) -> [u8; 2] {
         half::f16::from_f32(2f32.powi(-7 - g.below(4) as i32)).to_le_bytes()
     }
-    match format {
+    /// ggml's 12-byte packing of 8 6-bit (scale, min) pairs (the inverse of `get_scale_min_k4`).
+    fn pack_scale_min(sc: [u8; 8], m: [u8; 8]) -> [u8; 12] {
+        let mut s = [0u8; 12];
+        for j in 0..4 {
+            s[j] = sc[j] | (sc[j + 4] >> 4) << 6;
+            s[j + 4] = m[j] | (m[j + 4] >> 4) << 6;
+            s[j + 8] = (sc[j + 4] & 15) | (m[j + 4] & 15) << 4;
+        }
+        s
+    }
+    let count = rows * k / format.ggml().block_size();
+    let raw: Vec<u8> = match format {
         QuantFormat::Q8_0 => {
             let b: Vec<BlockQ8_0> = (0..count)
                 .map(|_| BlockQ8_0 {
@@ -203,7 +189,7 @@ fn exact(dev: &CudaDevice, g: &mut Rng, format: QuantFormat, count: usize) -> QW
                     qs: std::array::from_fn(|_| (g.below(255) as i32 - 127) as i8),
                 })
                 .collect();
-            upload_blocks(dev, format, repack_q8_0(&b), dequantized(&b))
+            bytemuck::cast_slice(&b).to_vec()
         }
         QuantFormat::Q4_0 => {
             let b: Vec<BlockQ4_0> = (0..count)
@@ -212,9 +198,53 @@ fn exact(dev: &CudaDevice, g: &mut Rng, format: QuantFormat, count: usize) -> QW
                     qs: std::array::from_fn(|_| g.below(256) as u8),
                 })
                 .collect();
-            upload_blocks(dev, format, repack_q4_0(&b), dequantized(&b))
+            bytemuck::cast_slice(&b).to_vec()
         }
-    }
+        QuantFormat::Q5_0 => {
+            let b: Vec<BlockQ5_0> = (0..count)
+                .map(|_| BlockQ5_0 {
+                    d: scale(g),
+                    qh: std::array::from_fn(|_| g.below(256) as u8),
+                    qs: std::array::from_fn(|_| g.below(256) as u8),
+                })
+                .collect();
+            bytemuck::cast_slice(&b).to_vec()
+        }
+        QuantFormat::Q4_K => {
+            let b: Vec<BlockQ4K> = (0..count)
+                .map(|_| {
+                    let d = scale(g);
+                    let sc = std::array::from_fn(|_| g.below(16) as u8);
+                    let m = std::array::from_fn(|_| g.below(64) as u8);
+                    BlockQ4K {
+                        d,
+                        dmin: d,
+                        scales: pack_scale_min(sc, m),
+                        qs: std::array::from_fn(|_| g.below(256) as u8),
+                    }
+                })
+                .collect();
+            bytemuck::cast_slice(&b).to_vec()
+        }
+        QuantFormat::Q6_K => {
+            let b: Vec<BlockQ6K> = (0..count)
+                .map(|_| BlockQ6K {
+                    ql: std::array::from_fn(|_| g.below(256) as u8),
+                    qh: std::array::from_fn(|_| g.below(256) as u8),
+                    scales: std::array::from_fn(|_| g.below(15) as i8 - 7),
+                    d: scale(g),
+                })
+                .collect();
+            bytemuck::cast_slice(&b).to_vec()
+        }
+    };
+    let q = from_gguf_bytes(dev, format, &raw, k);
+    let not_bf16 = q.values.iter().find(|&&v| round_bf16(v) != v);
+    assert!(
+        not_bf16.is_none(),
+        "{format:?}: {not_bf16:?} is not a bf16 value"
+    );
+    q
 }
 
 #[test]
@@ -233,9 +263,9 @@ fn quant_gemv_fused_modes_match_the_bf16_gemv_on_the_same_weights() {
     ];
     for ((k, n, tokens, with_norm, mode), format) in cases
         .into_iter()
-        .flat_map(|c| [(c, QuantFormat::Q8_0), (c, QuantFormat::Q4_0)])
+        .flat_map(|c| QuantFormat::ALL.map(|f| (c, f)))
     {
-        let q = exact(&dev, &mut g, format, n * k / 32);
+        let q = exact(&dev, &mut g, format, n, k);
         let w_bf16 = upload(&dev, &to_bf16(&q.values));
         let x = upload(&dev, &to_bf16(&activations(&mut g, tokens * k, 1.0)));
         let norm_w: Vec<f32> = (0..k).map(|_| 1.0 + 0.5 * normal(&mut g)).collect();
@@ -247,7 +277,7 @@ fn quant_gemv_fused_modes_match_the_bf16_gemv_on_the_same_weights() {
         let out = if mode == Accumulate::SwiGlu { n / 2 } else { n };
         let y0 = to_bf16(&activations(&mut g, tokens * out, 1.0));
         let (mut y_q, mut y_b) = (upload(&dev, &y0), upload(&dev, &y0));
-        run(&dev, &q, &x, norm, None, k, &mut y_q, mode);
+        run(&dev, &q, &x, norm, None, &mut y_q, mode);
         gemv_bf16_fused(&dev, &x, norm, &w_bf16, None, k, &mut y_b, mode).unwrap();
         let (got, want) = (download(&dev, &y_q), download(&dev, &y_b));
         let mut exact = 0;
@@ -270,9 +300,44 @@ fn quant_gemv_fused_modes_match_the_bf16_gemv_on_the_same_weights() {
 }
 
 #[test]
+fn dequant_rows_match_the_cpu_dequantizer_bit_for_bit() {
+    let Some(dev) = device() else { return };
+    let mut g = Rng::new("dequant_rows");
+    for format in QuantFormat::ALL {
+        for (rows, k) in [(37, 256), (300, 1024), (5, 4864), (3, 2560), (11, 96)] {
+            if !format.fits_row(k) {
+                continue;
+            }
+            let w: Vec<f32> = (0..rows * k).map(|_| 0.05 * normal(&mut g)).collect();
+            let q = quantized(&dev, format, &w, k);
+            let want: Vec<f32> = q.values.iter().map(|&v| round_bf16(v)).collect();
+            // a range of rows, then rows by id (an embedding lookup), repeats included
+            let (first, count) = (rows / 3, rows - rows / 3 - 1);
+            let mut out = upload(&dev, &vec![Bf16::NAN; count * k]);
+            let range = RowSelect::Range { first, count };
+            dequant_rows(&dev, &q.w, range, &mut out).unwrap();
+            assert_eq!(
+                download(&dev, &out),
+                want[first * k..(first + count) * k],
+                "{format:?} rows {first}.. of {rows} x {k}"
+            );
+            let ids: Vec<u32> = (0..9).map(|_| g.below(rows) as u32).collect();
+            let d_ids = upload(&dev, &ids);
+            let mut out = upload(&dev, &vec![Bf16::NAN; ids.len() * k]);
+            dequant_rows(&dev, &q.w, RowSelect::Ids(&d_ids), &mut out).unwrap();
+            let got = download(&dev, &out);
+            for (i, &id) in ids.iter().enumerate() {
+                let r = id as usize;
+                assert_eq!(got[i * k..][..k], want[r * k..][..k], "{format:?} id {id}");
+            }
+        }
+    }
+}
+
+#[test]
 fn timing() {
     let Some(dev) = device() else { return };
-    let mut g = Rng::new("q8_0_gemv_timing");
+    let mut g = Rng::new("quant_gemv_timing");
     // Qwen3-4B's decode GEMVs at batch 1: qkv (+ norm), o_proj (+ residual), gate_up (+ norm,
     // SwiGLU), down (+ residual), lm_head
     let shapes = [
@@ -283,38 +348,42 @@ fn timing() {
         ("lm_head", 2560, 151_936, Accumulate::Overwrite),
     ];
     let s = dev.stream();
+    let reps = 200;
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..10 {
+            f();
+        }
+        s.synchronize().unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        s.synchronize().unwrap();
+        t.elapsed().as_secs_f64() * 1e6 / reps as f64
+    };
+    let gbs = |bytes: usize, t: f64| bytes as f64 / t * 1e-3;
     for (name, k, n, mode) in shapes {
-        let q8 = exact(&dev, &mut g, QuantFormat::Q8_0, n * k / 32);
-        let q4 = exact(&dev, &mut g, QuantFormat::Q4_0, n * k / 32);
-        let w_bf16 = upload(&dev, &to_bf16(&q8.values));
         let x = upload(&dev, &to_bf16(&activations(&mut g, k, 1.0)));
         let out = if mode == Accumulate::SwiGlu { n / 2 } else { n };
         let mut y = upload(&dev, &to_bf16(&vec![0.0f32; out]));
-        let reps = 200;
-        let time = |f: &mut dyn FnMut()| {
-            for _ in 0..10 {
-                f();
-            }
-            s.synchronize().unwrap();
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            s.synchronize().unwrap();
-            t.elapsed().as_secs_f64() * 1e6 / reps as f64
-        };
-        let t_q8 = time(&mut || run(&dev, &q8, &x, None, None, k, &mut y, mode));
-        let t_q4 = time(&mut || run(&dev, &q4, &x, None, None, k, &mut y, mode));
+        let mut line = format!("{name} {k} -> {n}:");
+        let mut w_bf16 = None;
+        // one format's weights at a time (lm_head's values are 1.5 GB on the host)
+        for format in QuantFormat::ALL {
+            let q = exact(&dev, &mut g, format, n, k);
+            let t = time(&mut || run(&dev, &q, &x, None, None, &mut y, mode));
+            // the bytes the kernel streams: Q8_0 8.5 bits a weight, Q4_0 4.5, Q5_0 5.5, Q4_K 4.625
+            // (the file's 4.5 with its 6-bit sub-block scales unpacked to bytes), Q6_K 6.5625
+            let bits = q.w.bytes() as f64 * 8.0 / (n * k) as f64;
+            line += &format!(
+                " {format:?} {t:.1} us ({:.0} GB/s, {bits:.3} b/w),",
+                gbs(q.w.bytes(), t)
+            );
+            w_bf16.get_or_insert_with(|| upload(&dev, &to_bf16(&q.values)));
+        }
+        let w_bf16 = w_bf16.unwrap();
         let t_b =
             time(&mut || gemv_bf16_fused(&dev, &x, None, &w_bf16, None, k, &mut y, mode).unwrap());
-        let scale_bytes = n * k / 16;
-        let gbs = |bytes: usize, t: f64| bytes as f64 / t * 1e-3;
-        eprintln!(
-            "{name} {k} -> {n}: Q8_0 {t_q8:.1} us ({:.0} GB/s), Q4_0 {t_q4:.1} us ({:.0} GB/s), \
-             bf16 {t_b:.1} us ({:.0} GB/s)",
-            gbs(n * k + scale_bytes, t_q8),
-            gbs(n * k / 2 + scale_bytes, t_q4),
-            gbs(n * k * 2, t_b)
-        );
+        eprintln!("{line} bf16 {t_b:.1} us ({:.0} GB/s)", gbs(n * k * 2, t_b));
     }
 }

@@ -39,10 +39,15 @@ fn every_kernel_compiles_for_sm80_sm90_and_sm90a() {
         c.nvrtc_version().1,
         c.include_dir().display()
     );
+    // developers: KESTREL_NVRTC_ONLY=file.cu compiles just that file
+    let only = std::env::var("KESTREL_NVRTC_ONLY").ok();
     let mut failures = Vec::new();
     for arch in ["sm_80", "sm_90", "sm_90a"] {
         let arch = Arch::parse(arch).unwrap();
-        for k in ALL_KERNELS {
+        for k in ALL_KERNELS
+            .iter()
+            .filter(|k| only.as_deref().is_none_or(|f| f == k.file))
+        {
             match c.compile_uncached(k, &arch) {
                 Ok(cubin) => {
                     // an ELF image, not PTX text

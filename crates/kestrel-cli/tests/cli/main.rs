@@ -8,3 +8,4 @@ mod bench_throughput;
 mod errors_files;
 mod errors_flags;
 mod happy;
+mod quantize;

@@ -1,5 +1,6 @@
-//! The backend's matmuls: a few tokens (decode) go through the bf16 GEMV kernel, more (prefill)
-//! through cuBLAS; both accumulate in f32 and round the output to bf16 once, as HF's bf16 nn.Linear.
+//! The backend's matmuls: a few tokens (decode) go through a GEMV kernel (bf16 or block-quantized
+//! weights, see quant.rs), more (prefill) through cuBLAS (quantized weights dequantized in tiles); both
+//! accumulate in f32 and round the output to bf16 once, as HF's bf16 nn.Linear.
 //! Bias (Qwen2's q/k/v) is added before that rounding; the residual add after it (decode) or inside
 //! it (prefill: cuBLAS's beta = 1, one kernel fewer per projection).
 
@@ -7,10 +8,10 @@ use cudarc::driver::DevicePtr;
 use kestrel::backend::Backend;
 use kestrel::{KestrelError, Result};
 
-use super::tensor::{CudaMatrix, CudaTensor, CudaVector};
+use super::tensor::{CudaMatrix, CudaTensor, CudaVector, MatrixStorage};
 use super::{be, CudaBackend};
 use crate::ops::elementwise::bias_add;
-use crate::ops::gemm::{gemm_bf16, gemm_bf16_accumulate};
+use crate::ops::gemm::{gemm_bf16_columns, GemmOutput};
 use crate::ops::gemv::{fused_norm_fits, gemv_bf16_fused, Accumulate, GemvNorm};
 use crate::ops::silu_mul::silu_mul;
 
@@ -79,18 +80,43 @@ impl CudaBackend {
             weight: &n.data,
             eps,
         });
+        let data = match &w.storage {
+            MatrixStorage::Bf16(data) => data,
+            MatrixStorage::Quant(parts) => {
+                return self.gemv_quantized(x, norm, parts, bias, mode, y);
+            }
+        };
         let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
         gemv_bf16_fused(
             self.device(),
             &x.data,
             norm,
-            &w.data,
+            data,
             bias,
             w.cols,
             &mut y.data,
             mode,
         )
         .map_err(be)
+    }
+
+    /// The prefill matmul `y = x · wᵀ` (`accumulate`: `y = bf16(y + x · wᵀ)`) through cuBLAS.
+    fn gemm_into<T: GemmOutput>(
+        &self,
+        x: &CudaTensor,
+        w: &CudaMatrix,
+        y: &mut cudarc::driver::CudaSlice<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let data = match &w.storage {
+            MatrixStorage::Bf16(data) => data,
+            MatrixStorage::Quant(parts) => return self.gemm_quantized(x, parts, y, accumulate),
+        };
+        let dev = self.device();
+        let guard = self.blas()?;
+        let blas = guard.as_ref().expect("created by blas()");
+        let out = (0, w.rows);
+        gemm_bf16_columns(dev, blas, &x.data, data, w.cols, y, out, accumulate).map_err(be)
     }
 
     /// `x · wᵀ (+ bias)` as a new bf16 tensor `[x.rows, w.rows]`.
@@ -107,15 +133,12 @@ impl CudaBackend {
             self.gemv_into(x, None, w, bias, Accumulate::Overwrite, &mut y)?;
             return Ok(y);
         }
-        let dev = self.device();
-        let guard = self.blas()?;
-        let blas = guard.as_ref().expect("created by blas()");
         match bias {
-            None => gemm_bf16(dev, blas, &x.data, &w.data, w.cols, &mut y.data).map_err(be)?,
+            None => self.gemm_into(x, w, &mut y.data, false)?,
             Some(b) => {
                 let mut acc = self.alloc::<f32>(x.rows * w.rows)?;
-                gemm_bf16(dev, blas, &x.data, &w.data, w.cols, &mut acc).map_err(be)?;
-                bias_add(dev, &acc, &b.data, &mut y.data).map_err(be)?;
+                self.gemm_into(x, w, &mut acc, false)?;
+                bias_add(self.device(), &acc, &b.data, &mut y.data).map_err(be)?;
             }
         }
         Ok(y)
@@ -138,17 +161,7 @@ impl CudaBackend {
         if x.rows <= GEMV_MAX_TOKENS {
             return self.gemv_into(x, None, w, None, Accumulate::AddToOutput, residual);
         }
-        let guard = self.blas()?;
-        let blas = guard.as_ref().expect("created by blas()");
-        gemm_bf16_accumulate(
-            self.device(),
-            blas,
-            &x.data,
-            &w.data,
-            w.cols,
-            &mut residual.data,
-        )
-        .map_err(be)
+        self.gemm_into(x, w, &mut residual.data, true)
     }
 
     /// `rms_norm(x) · wᵀ (+ bias)`: one fused GEMV launch for a few tokens, a norm kernel and the

@@ -33,11 +33,14 @@ pub fn weight_bytes(c: &ModelConfig) -> usize {
 }
 
 /// Peak activation bytes of a forward over [`PREFILL_CHUNK`] tokens with logits for every one
-/// (teacher-forced scoring), with room for two generations of temporaries alive at once.
+/// (teacher-forced scoring), with room for two generations of temporaries alive at once, and the
+/// bf16 tile quantized weights are dequantized into for prefill.
 pub fn activation_bytes(c: &ModelConfig) -> usize {
     let (h, q, kv, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let per_token = 2 * (4 * h + 2 * q + (q + 2 * kv) + 3 * inter) + 4 * (q + 2 * kv);
-    PREFILL_CHUNK * (2 * per_token + 2 * c.vocab_size) + FIXED_RESERVE
+    PREFILL_CHUNK * (2 * per_token + 2 * c.vocab_size)
+        + FIXED_RESERVE
+        + 2 * super::quant::DEQUANT_TILE_ELEMS
 }
 
 /// Bytes of one KV-cache block over all layers (k and v, bf16).

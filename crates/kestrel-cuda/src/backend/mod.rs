@@ -15,6 +15,7 @@ pub mod graphs;
 mod linear;
 pub mod memory;
 mod metadata;
+pub(crate) mod quant;
 mod sampling;
 pub mod tensor;
 mod trait_impl;

@@ -1,8 +1,9 @@
 //! The CUDA backend's device types and the host-side conversion of weights to them.
 //!
 //! Activations and the residual stream are bf16 `[rows, cols]` (as HF's bf16 model keeps them);
-//! weight matrices are bf16 `[out, in]` (converted on the host from F32 / F16 / BF16 files); norm weights
-//! and biases stay f32 (bf16 checkpoints convert exactly); the KV cache is bf16.
+//! weight matrices are bf16 `[out, in]` (converted on the host from F32 / F16 / BF16 files) or GGUF
+//! block-quantized as the file has them (Q8_0, Q4_0, ...: [`QuantWeights`]); norm weights and biases
+//! stay f32 (bf16 checkpoints convert exactly); the KV cache is bf16.
 
 use cudarc::driver::CudaSlice;
 use kestrel::backend::KvCacheSpec;
@@ -11,6 +12,7 @@ use kestrel::quant::GgmlType;
 use kestrel::{KestrelError, Result};
 
 use crate::dtype::Bf16;
+use crate::ops::quant_layout::{HostPlanes, QuantFormat, QuantWeights};
 
 /// Activations `[rows, cols]`, bf16, row-major.
 pub struct CudaTensor {
@@ -19,11 +21,83 @@ pub struct CudaTensor {
     pub data: CudaSlice<Bf16>,
 }
 
-/// A bf16 weight matrix `[rows, cols]` (merged parts stacked by rows in one buffer).
+/// A weight matrix `[rows, cols]`, merged parts (q/k/v, gate/up) stacked by rows.
 pub struct CudaMatrix {
     pub rows: usize,
     pub cols: usize,
-    pub data: CudaSlice<Bf16>,
+    pub storage: MatrixStorage,
+}
+
+pub enum MatrixStorage {
+    /// One bf16 buffer.
+    Bf16(CudaSlice<Bf16>),
+    /// Block-quantized, stacked by rows: consecutive parts of one format share an entry, so a merged
+    /// matrix has one entry unless its parts differ (Q4_K_M gives some layers' v more bits).
+    Quant(Vec<QuantWeights>),
+}
+
+/// What a matrix's parts become on the device.
+#[derive(Debug)]
+pub enum HostMatrix {
+    Bf16(Vec<Bf16>),
+    /// Runs of consecutive parts of one format, their planes stacked.
+    Quant(Vec<(QuantFormat, HostPlanes)>),
+}
+
+/// The host tensors `parts` stacked by rows, in the form the device keeps them: bf16 for float
+/// types, the file's blocks for the quantized formats the GPU reads. A matrix mixing float and
+/// quantized parts, or of a quantized type without a GPU kernel, is refused naming the tensor.
+pub fn matrix_for_device(parts: &[HostTensor]) -> Result<(usize, usize, HostMatrix)> {
+    let quantized = parts.iter().filter(|p| p.ty.is_quantized()).count();
+    if quantized == 0 {
+        let (rows, cols, values) = matrix_to_bf16(parts)?;
+        return Ok((rows, cols, HostMatrix::Bf16(values)));
+    }
+    let cols = parts.first().map(HostTensor::cols).unwrap_or(0);
+    let mut runs: Vec<(QuantFormat, HostPlanes)> = Vec::new();
+    let mut rows = 0;
+    for p in parts {
+        let format = QuantFormat::from_ggml(p.ty).ok_or_else(|| unsupported(p, quantized))?;
+        if p.cols() != cols {
+            return Err(KestrelError::ShapeMismatch {
+                name: p.name.clone(),
+                expected: vec![p.rows(), cols],
+                found: p.shape.clone(),
+            });
+        }
+        let need = p.row_bytes()? * p.rows();
+        if p.bytes().len() < need {
+            return Err(short(p, need));
+        }
+        let planes = format
+            .repack(&p.bytes()[..need], cols)
+            .map_err(|e| KestrelError::Backend(format!("tensor '{}': {e}", p.name)))?;
+        match runs.last_mut() {
+            Some((f, acc)) if *f == format => acc.append(planes),
+            _ => runs.push((format, planes)),
+        }
+        rows += p.rows();
+    }
+    Ok((rows, cols, HostMatrix::Quant(runs)))
+}
+
+fn unsupported(t: &HostTensor, quantized: usize) -> KestrelError {
+    let hint = if t.ty.is_quantized() {
+        format!(
+            " on the CUDA backend, which reads {} blocks (and BF16 / F16 / F32); use --device cpu",
+            QuantFormat::ALL.map(|f| f.ggml().name()).join(", ")
+        )
+    } else {
+        format!(
+            " in a matrix whose other {quantized} part(s) are quantized: the CUDA backend keeps a \
+             merged matrix (q/k/v, gate/up) all float or all quantized; use --device cpu"
+        )
+    };
+    KestrelError::UnsupportedTensorType {
+        tensor: t.name.clone(),
+        ty: t.ty.to_string(),
+        hint,
+    }
 }
 
 /// An f32 vector (norm weights, biases).
@@ -84,15 +158,7 @@ fn append_bf16(t: &HostTensor, out: &mut Vec<Bf16>) -> Result<()> {
         GgmlType::F32 | GgmlType::F16 => {
             out.extend(t.to_f32()?.into_iter().map(Bf16::from_f32));
         }
-        ty => {
-            return Err(KestrelError::UnsupportedTensorType {
-                tensor: t.name.clone(),
-                ty: ty.to_string(),
-                hint: " on the CUDA backend, which runs BF16 / F16 / F32 weights for now \
-                       (quantized GPU weights come in issue #4); use --device cpu, or a BF16 checkpoint"
-                    .to_string(),
-            })
-        }
+        _ => return Err(unsupported(t, 0)),
     }
     Ok(())
 }

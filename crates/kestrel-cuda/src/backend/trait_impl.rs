@@ -14,13 +14,15 @@ use super::graphs::MAX_GRAPH_BATCH;
 use super::linear::GEMV_MAX_TOKENS;
 use super::metadata::CudaMetadata;
 use super::tensor::{
-    matrix_to_bf16, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector,
+    matrix_for_device, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector, HostMatrix,
+    MatrixStorage,
 };
 use super::{be, CudaBackend};
 use crate::dtype::{to_f32, Bf16};
 use crate::ops::argmax::argmax;
 use crate::ops::embedding::embedding;
 use crate::ops::norm::rms_norm;
+use crate::ops::quant_layout::QuantWeights;
 
 fn check(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
@@ -69,18 +71,32 @@ impl Backend for CudaBackend {
     }
 
     fn matrix_bytes(&self, m: &CudaMatrix) -> usize {
-        m.rows * m.cols * std::mem::size_of::<Bf16>()
+        match &m.storage {
+            MatrixStorage::Bf16(d) => d.len() * std::mem::size_of::<Bf16>(),
+            MatrixStorage::Quant(parts) => parts.iter().map(QuantWeights::bytes).sum(),
+        }
     }
 
     fn upload_matrix(&self, parts: &[HostTensor]) -> Result<CudaMatrix> {
-        let (rows, cols, host) = matrix_to_bf16(parts)?;
+        let (rows, cols, host) = matrix_for_device(parts)?;
         let what = parts
             .first()
             .map_or("a matrix".to_string(), |p| format!("tensor '{}'", p.name));
+        let storage = match host {
+            HostMatrix::Bf16(values) => MatrixStorage::Bf16(self.upload(&what, &values)?),
+            HostMatrix::Quant(runs) => MatrixStorage::Quant(
+                runs.iter()
+                    .map(|(format, planes)| {
+                        QuantWeights::upload(self.device(), *format, cols, planes)
+                    })
+                    .collect::<crate::Result<_>>()
+                    .map_err(|e| KestrelError::Backend(format!("uploading {what}: {e}")))?,
+            ),
+        };
         Ok(CudaMatrix {
             rows,
             cols,
-            data: self.upload(&what, &host)?,
+            storage,
         })
     }
 
@@ -136,22 +152,24 @@ impl Backend for CudaBackend {
     fn embed(&self, table: &CudaMatrix, tokens: &[u32]) -> Result<CudaTensor> {
         let ids = row_ids(tokens.iter().map(|&t| t as usize), table.rows, "token id")?;
         let mut out = self.tensor(tokens.len(), table.cols)?;
-        match self.staged() {
-            // A decode step's (padded) token ids are already on the device.
+        let staged = self.staged();
+        let uploaded;
+        // A decode step's (padded) token ids are already on the device.
+        let ids = match &staged {
             Some(st) => {
                 check("staged token ids", st.ids.len(), tokens.len())?;
-                embedding(
-                    self.device(),
-                    &table.data,
-                    table.cols,
-                    &*st.ids,
-                    &mut out.data,
-                )
+                &*st.ids
             }
             None => {
-                let ids = self.upload("token ids", &ids)?;
-                embedding(self.device(), &table.data, table.cols, &ids, &mut out.data)
+                uploaded = self.upload("token ids", &ids)?;
+                &uploaded
             }
+        };
+        match &table.storage {
+            MatrixStorage::Bf16(data) => {
+                embedding(self.device(), data, table.cols, ids, &mut out.data)
+            }
+            MatrixStorage::Quant(parts) => self.embed_quantized(parts, ids, &mut out),
         }
         .map_err(be)?;
         Ok(out)

@@ -49,7 +49,7 @@ pub fn gemm_bf16<T: GemmOutput>(
     in_features: usize,
     y: &mut impl DevicePtrMut<T>,
 ) -> Result<()> {
-    gemm_impl(dev, blas, x, w, in_features, y, 0.0)
+    gemm_impl(dev, blas, x, w, in_features, y, None, 0.0)
 }
 
 /// `y = bf16(y + x · wᵀ)`, the sum taken in f32 and rounded once (cuBLAS's beta = 1): a prefill
@@ -63,9 +63,27 @@ pub fn gemm_bf16_accumulate(
     in_features: usize,
     y: &mut impl DevicePtrMut<Bf16>,
 ) -> Result<()> {
-    gemm_impl(dev, blas, x, w, in_features, y, 1.0)
+    gemm_impl(dev, blas, x, w, in_features, y, None, 1.0)
 }
 
+/// [`gemm_bf16`] (`accumulate`: [`gemm_bf16_accumulate`]) into columns `first .. first + w's rows` of
+/// `y` `[tokens, width]`: a weight multiplied in row tiles (dequantized ones), each into its columns.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_columns<T: GemmOutput>(
+    dev: &CudaDevice,
+    blas: &CudaBlas,
+    x: &impl DevicePtr<Bf16>,
+    w: &impl DevicePtr<Bf16>,
+    in_features: usize,
+    y: &mut impl DevicePtrMut<T>,
+    (first, width): (usize, usize),
+    accumulate: bool,
+) -> Result<()> {
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    gemm_impl(dev, blas, x, w, in_features, y, Some((first, width)), beta)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn gemm_impl<T: GemmOutput>(
     dev: &CudaDevice,
     blas: &CudaBlas,
@@ -73,6 +91,7 @@ fn gemm_impl<T: GemmOutput>(
     w: &impl DevicePtr<Bf16>,
     in_features: usize,
     y: &mut impl DevicePtrMut<T>,
+    columns: Option<(usize, usize)>,
     beta: f32,
 ) -> Result<()> {
     const OP: &str = "gemm_bf16";
@@ -96,14 +115,25 @@ fn gemm_impl<T: GemmOutput>(
         ));
     }
     let tokens = x.len() / in_features;
-    expect_len(OP, "y", y.len(), tokens * out_features)?;
+    let (first, width) = columns.unwrap_or((0, out_features));
+    if first + out_features > width {
+        return Err(shape_error(
+            OP,
+            format!(
+                "columns {first}..{} of rows of {width}",
+                first + out_features
+            ),
+        ));
+    }
+    expect_len(OP, "y", y.len(), tokens * width)?;
     if tokens == 0 || out_features == 0 {
         return Ok(());
     }
-    let (m, n, k) = (
+    let (m, n, k, ldc) = (
         to_i32(OP, "out_features", out_features)?,
         to_i32(OP, "tokens", tokens)?,
         to_i32(OP, "in_features", in_features)?,
+        to_i32(OP, "y width", width)?,
     );
     dev.context()
         .bind_to_thread()
@@ -112,8 +142,10 @@ fn gemm_impl<T: GemmOutput>(
     let (wp, _gw) = w.device_ptr(s);
     let (xp, _gx) = x.device_ptr(s);
     let (yp, _gy) = y.device_ptr_mut(s);
+    let yp = yp + (first * std::mem::size_of::<T>()) as u64;
     let alpha = 1.0f32;
-    // SAFETY: the lengths checked above bound every access cuBLAS makes (m*k, k*n and m*n elements);
+    // SAFETY: the lengths checked above bound every access cuBLAS makes (m*k, k*n elements, and n
+    // columns of ldc from `first`, first + m <= ldc);
     // alpha and beta are f32 as CUBLAS_COMPUTE_32F requires; the handle runs on the buffers' stream.
     unsafe {
         result::gemm_ex(
@@ -133,7 +165,7 @@ fn gemm_impl<T: GemmOutput>(
             (&beta as *const f32).cast::<c_void>(),
             yp as *mut c_void,
             T::DATA_TYPE,
-            m,
+            ldc,
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )

@@ -14,8 +14,8 @@ const WARPS_PER_BLOCK: usize = 4;
 const MAX_TOKENS: usize = 65_535;
 
 /// `gemv_bf16_t{T}`: rows per warp group and warps per block; must match `GEMV_R` / `GEMV_WARPS`.
-const TILED_ROWS: usize = 2;
-const TILED_WARPS: usize = 8;
+pub(super) const TILED_ROWS: usize = 2;
+pub(super) const TILED_WARPS: usize = 8;
 /// The most tokens the tiled kernels take (one instantiation per count).
 pub const TILED_MAX_TOKENS: usize = 8;
 const TILED_NAMES: [&str; TILED_MAX_TOKENS] = [
@@ -165,7 +165,7 @@ pub(super) fn optional_ptr<'a>(
 
 /// One launch of a tiled GEMV kernel (gemv_tiled.cuh, any weight format): the grid, block and shared
 /// memory its `tokens`, fused norm, mode and `k_split` need; `args` end with the mode, the caller
-/// pushes them up to it and this adds `k_split`.
+/// pushes them up to it and this adds `k_split` (and `ldy`, for kernels that take it).
 pub(super) struct TiledLaunch {
     pub tokens: usize,
     pub in_features: usize,
@@ -174,6 +174,8 @@ pub(super) struct TiledLaunch {
     pub norm: bool,
     pub mode: Accumulate,
     pub k_split: usize,
+    /// Distance between y's rows, for kernels with that argument (the quantized GEMVs).
+    pub ldy: Option<usize>,
 }
 
 impl TiledLaunch {
@@ -205,6 +207,9 @@ impl TiledLaunch {
             shared_mem_bytes: smem,
         };
         args.push(Arg::I32(self.k_split as i32));
+        if let Some(ldy) = self.ldy {
+            args.push(Arg::I32(super::to_i32("gemv", "ldy", ldy)?));
+        }
         launch(dev, kernel, name, cfg, &args)
     }
 }
@@ -375,6 +380,7 @@ fn gemv_impl(
                 norm: norm.is_some(),
                 mode,
                 k_split,
+                ldy: None,
             };
             tiled.launch(dev, &GEMV_TILED, name, args)
         }

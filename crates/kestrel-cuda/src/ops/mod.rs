@@ -4,13 +4,16 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod dequant;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
+pub mod gemv_dp4a;
 pub mod gemv_quant;
 pub mod norm;
 pub mod qk_norm_rope_kv;
+pub mod quant_layout;
 pub mod sampling;
 pub mod silu_mul;
 

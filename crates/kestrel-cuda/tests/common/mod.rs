@@ -2,6 +2,8 @@
 //! Each test target compiles this module on its own and uses part of it.
 #![allow(dead_code)]
 
+pub mod model_run;
+
 use std::fmt::Display;
 use std::path::PathBuf;
 

@@ -6,8 +6,10 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::formats::gguf::GgufFile;
+use crate::formats::quantizing::{OnTensor, QuantizingSource};
 use crate::formats::source::ModelSource;
 use crate::model::Qwen3Model;
+use crate::quant::QuantType;
 use crate::tokenizer::{ChatTemplate, GgufVocab, Tokenizer};
 use crate::{KestrelError, Result};
 
@@ -20,15 +22,40 @@ pub struct LoadedModel<B: Backend> {
     /// Generation stops at any of these (config/generation_config or GGUF eos, plus the template's end-of-turn).
     pub eos_token_ids: Vec<u32>,
     pub load_seconds: f64,
+    /// The quantization applied at load, if any.
+    pub quant: Option<QuantType>,
+}
+
+/// How to load: as the files are, or quantized on the way.
+#[derive(Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    /// Quantize the float weights to this type as they load (llama.cpp's mixture for it, see
+    /// [`crate::quant::plan`]); a file whose weights are already quantized is refused.
+    pub quant: Option<QuantType>,
+    /// Called with each weight as it is handed to the backend (quantization progress).
+    pub on_tensor: Option<OnTensor<'a>>,
 }
 
 impl<B: Backend> LoadedModel<B> {
     pub fn load(spec: &str, backend: &B) -> Result<LoadedModel<B>> {
+        Self::load_with(spec, backend, LoadOptions::default())
+    }
+
+    pub fn load_with(spec: &str, backend: &B, opts: LoadOptions) -> Result<LoadedModel<B>> {
         let t0 = Instant::now();
         let source = ModelSource::open(spec)?;
         let config = source.config()?;
         let (tokenizer, chat_template) = load_text_side(&source)?;
-        let model = Qwen3Model::load(backend, &config, &source)?;
+        let model = match opts.quant {
+            None => Qwen3Model::load(backend, &config, &source)?,
+            Some(q) => {
+                let mut qs = QuantizingSource::new(&source, &config, q);
+                if let Some(f) = opts.on_tensor {
+                    qs = qs.with_progress(f);
+                }
+                Qwen3Model::load(backend, &config, &qs)?
+            }
+        };
         let mut eos_token_ids = config.eos_token_ids.clone();
         // Chat models end a turn with <|im_end|> even where the config names only <|endoftext|>.
         if let Some(id) = tokenizer.token_to_id("<|im_end|>") {
@@ -44,6 +71,7 @@ impl<B: Backend> LoadedModel<B> {
             chat_template,
             eos_token_ids,
             load_seconds: t0.elapsed().as_secs_f64(),
+            quant: opts.quant,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! GGUF writer (version 3, little-endian). For the same metadata and tensors, in the same order, the
 //! bytes are those gguf-py's `GGUFWriter` writes: header, metadata, tensor infos, zero padding to the
-//! alignment, then each tensor's data padded to the alignment (the last one included).
+//! alignment, then each tensor's data padded to the alignment (the last one included). A tensor's data
+//! may also be supplied only while the file is written ([`GgufWriter::add_tensor_deferred`]), so a whole
+//! quantized model never has to sit in memory at once.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -16,7 +18,9 @@ struct PendingTensor<'a> {
     ty: GgmlType,
     /// PyTorch order.
     shape: Vec<usize>,
-    data: Cow<'a, [u8]>,
+    n_bytes: usize,
+    /// None: asked of the `fill` callback of [`GgufWriter::write_with`].
+    data: Option<Cow<'a, [u8]>>,
 }
 
 /// Collects metadata and tensors, then writes them in insertion order. Tensor data may be borrowed
@@ -54,11 +58,32 @@ impl<'a> GgufWriter<'a> {
         shape: &[usize],
         data: impl Into<Cow<'a, [u8]>>,
     ) -> Result<()> {
-        let (name, data) = (name.into(), data.into());
+        let data = data.into();
+        let t = Self::pending(name.into(), ty, shape, Some(data.len()))?;
+        self.push(PendingTensor {
+            data: Some(data),
+            ..t
+        })
+    }
+
+    /// Adds a tensor whose bytes [`Self::write_with`]'s `fill` supplies when the file is written.
+    pub fn add_tensor_deferred(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        shape: &[usize],
+    ) -> Result<()> {
+        let t = Self::pending(name.into(), ty, shape, None)?;
+        self.push(t)
+    }
+
+    fn pending(
+        name: String,
+        ty: GgmlType,
+        shape: &[usize],
+        given: Option<usize>,
+    ) -> Result<PendingTensor<'a>> {
         let bad = |msg: String| KestrelError::param(format!("GGUF tensor '{name}'"), msg);
-        if self.tensors.iter().any(|t| t.name == name) {
-            return Err(bad("added twice".into()));
-        }
         if shape.len() > MAX_DIMS {
             return Err(bad(format!(
                 "{} dimensions, GGUF allows {MAX_DIMS}",
@@ -70,19 +95,31 @@ impl<'a> GgufWriter<'a> {
         let expected = ty
             .row_bytes(cols)
             .map_err(|e| bad(e.to_string()))?
-            .checked_mul(rows);
-        if expected != Some(data.len()) {
+            .checked_mul(rows)
+            .ok_or_else(|| bad(format!("{shape:?} overflows")))?;
+        if given.is_some_and(|n| n != expected) {
             return Err(bad(format!(
-                "{ty} {shape:?} needs {expected:?} bytes, got {}",
-                data.len()
+                "{ty} {shape:?} needs {expected} bytes, got {}",
+                given.unwrap_or(0)
             )));
         }
-        self.tensors.push(PendingTensor {
+        Ok(PendingTensor {
             name,
             ty,
             shape: shape.to_vec(),
-            data,
-        });
+            n_bytes: expected,
+            data: None,
+        })
+    }
+
+    fn push(&mut self, t: PendingTensor<'a>) -> Result<()> {
+        if self.tensors.iter().any(|p| p.name == t.name) {
+            return Err(KestrelError::param(
+                format!("GGUF tensor '{}'", t.name),
+                "added twice",
+            ));
+        }
+        self.tensors.push(t);
         Ok(())
     }
 
@@ -97,26 +134,41 @@ impl<'a> GgufWriter<'a> {
         }
     }
 
-    /// Writes the file at `path` (created or truncated).
+    /// Writes the file at `path` (created or truncated). Every tensor must have its data.
     pub fn write(&self, path: &Path) -> Result<()> {
+        self.write_with(path, |name| Err(Self::no_data(name)))
+    }
+
+    /// Writes the file at `path`, asking `fill` for the bytes of each deferred tensor, in file order.
+    pub fn write_with(
+        &self,
+        path: &Path,
+        mut fill: impl FnMut(&str) -> Result<Vec<u8>>,
+    ) -> Result<()> {
         let align = self.alignment()?;
         let file = File::create(path).map_err(|e| KestrelError::io(path, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
-        self.write_to(&mut w, align)
-            .and_then(|()| w.flush())
-            .map_err(|e| KestrelError::io(path, e))
+        self.write_to(&mut w, align, &mut fill, path)?;
+        w.flush().map_err(|e| KestrelError::io(path, e))
     }
 
     /// The whole file in memory (tests, small files).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let align = self.alignment()?;
         let mut out = Vec::new();
-        self.write_to(&mut out, align)
-            .map_err(|e| KestrelError::param("GGUF metadata", e.to_string()))?;
+        let mut fill = |name: &str| Err(Self::no_data(name));
+        self.write_to(&mut out, align, &mut fill, Path::new("GGUF metadata"))?;
         Ok(out)
     }
 
-    fn write_to(&self, w: &mut impl Write, align: u64) -> io::Result<()> {
+    fn no_data(name: &str) -> KestrelError {
+        KestrelError::param(
+            format!("GGUF tensor '{name}'"),
+            "was added without data and written without a fill callback",
+        )
+    }
+
+    fn header(&self, align: u64) -> io::Result<Vec<u8>> {
         let mut head = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
         head.extend_from_slice(&3u32.to_le_bytes());
@@ -136,17 +188,90 @@ impl<'a> GgufWriter<'a> {
             }
             head.extend_from_slice(&t.ty.id().to_le_bytes());
             head.extend_from_slice(&offset.to_le_bytes());
-            offset += pad_to(t.data.len() as u64, align);
+            offset += pad_to(t.n_bytes as u64, align);
         }
         let data_start = pad_to(head.len() as u64, align);
         head.resize(data_start as usize, 0);
-        w.write_all(&head)?;
+        Ok(head)
+    }
+
+    fn write_to(
+        &self,
+        w: &mut impl Write,
+        align: u64,
+        fill: &mut dyn FnMut(&str) -> Result<Vec<u8>>,
+        path: &Path,
+    ) -> Result<()> {
+        let io_err = |e| KestrelError::io(path, e);
+        w.write_all(&self.header(align).map_err(io_err)?)
+            .map_err(io_err)?;
         let zeros = vec![0u8; align as usize];
         for t in &self.tensors {
-            w.write_all(&t.data)?;
-            let pad = pad_to(t.data.len() as u64, align) - t.data.len() as u64;
-            w.write_all(&zeros[..pad as usize])?;
+            let filled;
+            let data: &[u8] = match &t.data {
+                Some(d) => d,
+                None => {
+                    filled = fill(&t.name)?;
+                    if filled.len() != t.n_bytes {
+                        return Err(KestrelError::param(
+                            format!("GGUF tensor '{}'", t.name),
+                            format!(
+                                "{} {:?} needs {} bytes, the fill gave {}",
+                                t.ty,
+                                t.shape,
+                                t.n_bytes,
+                                filled.len()
+                            ),
+                        ));
+                    }
+                    &filled
+                }
+            };
+            w.write_all(data).map_err(io_err)?;
+            let pad = pad_to(data.len() as u64, align) - data.len() as u64;
+            w.write_all(&zeros[..pad as usize]).map_err(io_err)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_tensors_are_filled_in_order_and_checked() {
+        let data: Vec<u8> = (0..16u8).collect();
+        let mut eager = GgufWriter::new();
+        eager
+            .add_tensor("a", GgmlType::F32, &[2, 2], &data[..])
+            .unwrap();
+        eager
+            .add_tensor("b", GgmlType::F16, &[4], &data[..8])
+            .unwrap();
+        let mut lazy = GgufWriter::new();
+        lazy.add_tensor("a", GgmlType::F32, &[2, 2], &data[..])
+            .unwrap();
+        lazy.add_tensor_deferred("b", GgmlType::F16, &[4]).unwrap();
+        assert!(lazy.add_tensor_deferred("b", GgmlType::F16, &[4]).is_err());
+        assert!(lazy.to_bytes().is_err(), "a deferred tensor needs a fill");
+        let dir =
+            std::env::temp_dir().join(format!("kestrel-gguf-deferred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.gguf");
+        let mut asked = Vec::new();
+        lazy.write_with(&path, |name| {
+            asked.push(name.to_string());
+            Ok(data[..8].to_vec())
+        })
+        .unwrap();
+        assert_eq!(asked, ["b"]);
+        assert_eq!(std::fs::read(&path).unwrap(), eager.to_bytes().unwrap());
+        let e = lazy
+            .write_with(&path, |_| Ok(vec![0; 3]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'b'") && e.contains("needs 8 bytes"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -9,6 +9,28 @@ use super::{hub, names, HostTensor};
 use crate::config::ModelConfig;
 use crate::{KestrelError, Result};
 
+/// What a model loader asks for its weights, by HF name: a [`ModelSource`] as its files hold them, or a
+/// wrapper such as [`super::quantizing::QuantizingSource`] that converts them on the way.
+pub trait TensorSource {
+    /// The tensor with HF name `hf_name`.
+    fn tensor(&self, hf_name: &str) -> Result<HostTensor>;
+    fn has_tensor(&self, hf_name: &str) -> bool;
+    /// The file or directory the tensors come from (for messages).
+    fn path(&self) -> PathBuf;
+}
+
+impl TensorSource for ModelSource {
+    fn tensor(&self, hf_name: &str) -> Result<HostTensor> {
+        ModelSource::tensor(self, hf_name)
+    }
+    fn has_tensor(&self, hf_name: &str) -> bool {
+        ModelSource::has_tensor(self, hf_name)
+    }
+    fn path(&self) -> PathBuf {
+        ModelSource::path(self)
+    }
+}
+
 pub enum ModelSource {
     HfDir(SafetensorsDir),
     Gguf(GgufFile),

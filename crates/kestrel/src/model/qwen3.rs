@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{AttnMetadata, AttnParams, Backend};
 use crate::config::ModelConfig;
-use crate::formats::source::ModelSource;
+use crate::formats::source::TensorSource;
 use crate::formats::HostTensor;
 use crate::Result;
 
@@ -41,7 +41,10 @@ pub struct Qwen3Model<B: Backend> {
 
 impl<B: Backend> Qwen3Model<B> {
     /// Loads every weight through `backend`, checking shapes against the config.
-    pub fn load(backend: &B, config: &ModelConfig, src: &ModelSource) -> Result<Self> {
+    ///
+    /// `src` is usually a [`crate::formats::source::ModelSource`]; a
+    /// [`crate::formats::quantizing::QuantizingSource`] hands out the same weights quantized.
+    pub fn load(backend: &B, config: &ModelConfig, src: &impl TensorSource) -> Result<Self> {
         let c = config;
         let (h, q, kv, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {

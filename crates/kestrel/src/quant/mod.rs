@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use crate::{KestrelError, Result};
 
 pub mod float;
+pub mod plan;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -22,6 +23,7 @@ pub mod q8_1;
 pub mod q8_k;
 mod search;
 
+pub use plan::{QuantPlan, QuantType};
 pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
 pub use q4_0::BlockQ4_0;
@@ -356,5 +358,32 @@ pub fn dequantize_tensor(ty: GgmlType, src: &[u8], cols: usize) -> Result<Vec<f3
     out.par_chunks_mut(cols)
         .zip(src.par_chunks(row_bytes))
         .try_for_each(|(dst, row)| dequantize_row(ty, row, dst))?;
+    Ok(out)
+}
+
+/// Converts a row-major matrix of `cols` columns from type `from` to type `to` (e.g. BF16 to Q4_K),
+/// rows in parallel, each row through an f32 buffer of its own: [`quantize_tensor`] without an f32
+/// copy of the whole tensor (the embedding table of an 8B model is 2.5 GB in f32).
+pub fn convert_tensor(from: GgmlType, src: &[u8], to: GgmlType, cols: usize) -> Result<Vec<u8>> {
+    let (in_row, out_row) = (rows_of(from, 0, cols)?, rows_of(to, 0, cols)?);
+    if !src.len().is_multiple_of(in_row) {
+        return Err(KestrelError::param(
+            "convert_tensor",
+            format!(
+                "{} bytes are not whole rows of {cols} {from} elements",
+                src.len()
+            ),
+        ));
+    }
+    let mut out = vec![0u8; src.len() / in_row * out_row];
+    out.par_chunks_mut(out_row)
+        .zip(src.par_chunks(in_row))
+        .try_for_each_init(
+            || vec![0f32; cols],
+            |buf, (dst, row)| {
+                dequantize_row(from, row, buf)?;
+                quantize_row(to, buf, dst)
+            },
+        )?;
     Ok(out)
 }

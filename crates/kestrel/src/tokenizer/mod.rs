@@ -6,6 +6,7 @@
 
 mod chat;
 mod gguf_vocab;
+mod hf_export;
 mod pyjson;
 mod stream;
 // DESIGN.md's layout names the file after the concept; the module name repeating its parent is deliberate.
@@ -14,5 +15,6 @@ mod tokenizer;
 
 pub use chat::ChatTemplate;
 pub use gguf_vocab::{GgufTokenType, GgufVocab};
+pub use hf_export::HfTokenizerExport;
 pub use stream::TokenStream;
 pub use tokenizer::Tokenizer;

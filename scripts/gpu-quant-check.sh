@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# gpu-quant-check.sh SHAPE...: issue 4's checks of quantized models at full size, on a GPU machine:
+# for each SHAPE (0.6b, 4b): the random-weight checkpoint and HF reference (make_full_size_reference.py),
+# BF16 bench; then per type in $TYPES (q8_0 q4_0 q4_k_m): `kestrel quantize` to a GGUF, HF's fp32/bf16
+# runs of those quantized weights (make_quant_reference.py), the parity test of the model quantized at
+# load against them (kestrel_cuda_gpu_parity, KESTREL_PARITY_QUANT), and `kestrel bench` of the GGUF.
+# QUALITY=1 adds the BF16-vs-quantized report (kestrel_cuda_gpu_quant_quality; the CPU beside it at 0.6b).
+# Logs: $OUT/quant-<shape>.txt (+ summary.txt). Needs gguf-py on the GPU machine (carried as a wheel).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+out=${OUT:-/tmp/quant-check}; mkdir -p "$out"
+work=/tmp/kestrel-parity
+export KESTREL_REQUIRE_GPU=1 RUST_BACKTRACE=1
+parity=$(ls .gpu/tests/kestrel_cuda_gpu_parity-* | head -n 1)
+start=$SECONDS
+for shape in "$@"; do
+  log=$out/quant-$shape.txt; m=$work/$shape
+  if [ ! -f "$m/reference.json" ]; then
+    python3 scripts/make_full_size_reference.py --shape "$shape" --out "$m" --device cuda \
+      --tokenizer .gpu/qwen3-tokenizer --attn sdpa >> "$log" 2>&1
+  fi
+  echo "== $shape bf16" >> "$log"
+  .gpu/bin/kestrel bench -m "$m" --device cuda -p 512 -n 128 -r 3 >> "$log" 2>&1
+  for t in ${TYPES:-q8_0 q4_0 q4_k_m}; do
+    g=$work/$shape-$t.gguf
+    echo "== $shape $t" >> "$log"
+    .gpu/bin/kestrel quantize "$m" "$g" --type "$t" >> "$log" 2>&1
+    python3 scripts/make_quant_reference.py --base "$m" --gguf "$g" --out "$work/$shape-$t" >> "$log" 2>&1
+    KESTREL_PARITY_DIR=$m KESTREL_PARITY_QUANT=$t KESTREL_PARITY_REF=$work/$shape-$t "$parity" --nocapture >> "$log" 2>&1
+    echo "$shape $t parity rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
+    .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 >> "$log" 2>&1
+  done
+  grep -E "tg128|pp512" "$log" | sed "s/^/$shape /" >> "$out/summary.txt"
+  if [ "${QUALITY:-0}" = 1 ]; then
+    cpu=0; [ "$shape" = 0.6b ] && cpu=1
+    KESTREL_PARITY_DIR=$m KESTREL_QUANT_CPU=$cpu $(ls .gpu/tests/kestrel_cuda_gpu_quant_quality-* | head -n 1) \
+      --nocapture >> "$out/quality-$shape.txt" 2>&1
+    echo "$shape quality rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
+  fi
+done
