@@ -5,6 +5,8 @@
 # runs of those quantized weights (make_quant_reference.py), the parity test of the model quantized at
 # load against them (kestrel_cuda_gpu_parity, KESTREL_PARITY_QUANT), and `kestrel bench` of the GGUF.
 # QUALITY=1 adds the BF16-vs-quantized report (kestrel_cuda_gpu_quant_quality; the CPU beside it at 0.6b).
+# PARITY_TYPES (default: $TYPES) limits the reference + parity steps; BENCH_DP4A="t..." also benches
+# those types with KESTREL_DP4A=1 (the opt-in integer-dot-product GEMVs), to measure them.
 # Logs: $OUT/quant-<shape>.txt (+ summary.txt). Needs gguf-py on the GPU machine (carried as a wheel).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -25,10 +27,17 @@ for shape in "$@"; do
     g=$work/$shape-$t.gguf
     echo "== $shape $t" >> "$log"
     .gpu/bin/kestrel quantize "$m" "$g" --type "$t" >> "$log" 2>&1
-    python3 scripts/make_quant_reference.py --base "$m" --gguf "$g" --out "$work/$shape-$t" >> "$log" 2>&1
-    KESTREL_PARITY_DIR=$m KESTREL_PARITY_QUANT=$t KESTREL_PARITY_REF=$work/$shape-$t "$parity" --nocapture >> "$log" 2>&1
-    echo "$shape $t parity rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
+    if [[ " ${PARITY_TYPES-${TYPES:-q8_0 q4_0 q4_k_m}} " == *" $t "* ]]; then
+      python3 scripts/make_quant_reference.py --base "$m" --gguf "$g" --out "$work/$shape-$t" >> "$log" 2>&1
+      KESTREL_PARITY_DIR=$m KESTREL_PARITY_QUANT=$t KESTREL_PARITY_REF=$work/$shape-$t "$parity" --nocapture >> "$log" 2>&1
+      echo "$shape $t parity rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
+    fi
     .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 >> "$log" 2>&1
+    if [[ " ${BENCH_DP4A:-} " == *" $t "* ]]; then
+      echo "== $shape $t KESTREL_DP4A=1" >> "$log"
+      KESTREL_DP4A=1 .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \
+        | sed 's/cuda graphs)/cuda graphs, KESTREL_DP4A=1)/' >> "$log"
+    fi
   done
   grep -E "tg128|pp512" "$log" | sed "s/^/$shape /" >> "$out/summary.txt"
   if [ "${QUALITY:-0}" = 1 ]; then

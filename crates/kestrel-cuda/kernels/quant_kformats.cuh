@@ -39,24 +39,38 @@ __device__ __forceinline__ unsigned shift_left(unsigned v, int s) {
 // The 32 quants of a chunk as floats minus OFF: nibbles as Q4_0, plus BITS high bits per weight taken
 // from h_lo (weights 0..15: byte b bits BITS*k.. for weight 4k + b) and h_hi (weights 16..31: byte b
 // bits HI + BITS*k..), moved to bit 4 of byte b. Exact: a byte b is 2^23 + b as a float.
-template <int BITS, int HI, int OFF>
-__device__ __forceinline__ void unpack_q32(uint4 q, unsigned h_lo, unsigned h_hi, float (&wf)[32]) {
+// The 32 quants of a chunk as bytes (lo[k]: weights 4k + b, hi[k]: 16 + 4k + b, b = byte): nibbles as
+// Q4_0, plus BITS high bits per weight taken from h_lo (weights 0..15: byte b bits BITS*k.. for weight
+// 4k + b) and h_hi (weights 16..31: byte b bits HI + BITS*k..), moved to bit 4 of byte b.
+template <int BITS, int HI>
+__device__ __forceinline__ void q32_bytes(uint4 q, unsigned h_lo, unsigned h_hi, unsigned (&lo)[4],
+                                          unsigned (&hi)[4]) {
     constexpr unsigned M = ((1u << BITS) - 1u) * 0x10101010u;
-    constexpr float off = 8388608.0f + OFF;
     const unsigned v[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        unsigned lo = v[k] & 0x0F0F0F0Fu, hi = (v[k] >> 4) & 0x0F0F0F0Fu;
+        lo[k] = v[k] & 0x0F0F0F0Fu;
+        hi[k] = (v[k] >> 4) & 0x0F0F0F0Fu;
         if constexpr (BITS > 0) {
-            lo |= shift_left(h_lo, 4 - BITS * k) & M;
-            hi |= shift_left(h_hi, 4 - HI - BITS * k) & M;
-        }
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-            wf[4 * k + b] = byte_as_float(lo, b) - off;
-            wf[16 + 4 * k + b] = byte_as_float(hi, b) - off;
+            lo[k] |= shift_left(h_lo, 4 - BITS * k) & M;
+            hi[k] |= shift_left(h_hi, 4 - HI - BITS * k) & M;
         }
     }
+}
+
+// q32_bytes as floats minus OFF. Exact: a byte b is 2^23 + b as a float.
+template <int BITS, int HI, int OFF>
+__device__ __forceinline__ void unpack_q32(uint4 q, unsigned h_lo, unsigned h_hi, float (&wf)[32]) {
+    constexpr float off = 8388608.0f + OFF;
+    unsigned lo[4], hi[4];
+    q32_bytes<BITS, HI>(q, h_lo, h_hi, lo, hi);
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            wf[4 * k + b] = byte_as_float(lo[k], b) - off;
+            wf[16 + 4 * k + b] = byte_as_float(hi[k], b) - off;
+        }
 }
 
 struct FormatQ5_0 {

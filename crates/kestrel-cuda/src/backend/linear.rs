@@ -13,6 +13,7 @@ use super::{be, CudaBackend};
 use crate::ops::elementwise::bias_add;
 use crate::ops::gemm::{gemm_bf16_columns, GemmOutput};
 use crate::ops::gemv::{fused_norm_fits, gemv_bf16_fused, Accumulate, GemvNorm};
+use crate::ops::gemv_dp4a::Activations;
 use crate::ops::silu_mul::silu_mul;
 
 /// The most weight rows a GEMV takes the RMSNorm fused in front: every block recomputes the norm,
@@ -83,7 +84,12 @@ impl CudaBackend {
         let data = match &w.storage {
             MatrixStorage::Bf16(data) => data,
             MatrixStorage::Quant(parts) => {
-                return self.gemv_quantized(x, norm, parts, bias, mode, y);
+                let activations = if w.int8_activations {
+                    Activations::Int8Allowed
+                } else {
+                    Activations::Bf16
+                };
+                return self.gemv_quantized(x, norm, parts, bias, mode, y, activations);
             }
         };
         let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);

@@ -63,6 +63,8 @@ pub struct CudaBackend {
     staged: Mutex<Option<graphs::Staged>>,
     /// Kernels the last decode step launched or captured.
     step_kernels: AtomicUsize,
+    /// Quantized weights' prefill tile (quant.rs), grown as needed.
+    dequant_tile: Mutex<Option<CudaSlice<Bf16>>>,
 }
 
 impl CudaBackend {
@@ -77,6 +79,7 @@ impl CudaBackend {
             decode: Mutex::new(graphs::DecodeGraphs::default()),
             staged: Mutex::new(None),
             step_kernels: AtomicUsize::new(0),
+            dequant_tile: Mutex::new(None),
         }
     }
 

@@ -15,7 +15,8 @@ use super::{be, CudaBackend};
 use crate::ops::dequant::{dequant_rows, RowSelect};
 use crate::ops::gemm::{gemm_bf16_columns, GemmOutput};
 use crate::ops::gemv::{Accumulate, GemvNorm};
-use crate::ops::gemv_quant::{gemv_quant, gemv_quant_columns, OutColumns};
+use crate::ops::gemv_dp4a::Activations;
+use crate::ops::gemv_quant::{gemv_quant_columns, OutColumns};
 use crate::ops::quant_layout::QuantWeights;
 use crate::ops::shape_error;
 use crate::ops::silu_mul::silu_mul;
@@ -24,12 +25,30 @@ use kestrel::Result;
 /// Weights a prefill tile dequantizes at once (64 MiB of bf16): big enough that cuBLAS runs at full
 /// speed on it, small enough to sit beside a prefill chunk's activations.
 pub const DEQUANT_TILE_ELEMS: usize = 32 << 20;
+/// Tile rows are a multiple of this, so that each tile's first output column (cuBLAS's C pointer) stays
+/// 16-byte aligned: an odd offset sends cuBLAS to slow unaligned kernels (a 4B gate_up split at row
+/// 13,107 made prefill 2.8x slower).
+const TILE_ROW_ALIGN: usize = 256;
 
 fn total_rows(parts: &[QuantWeights]) -> usize {
     parts.iter().map(|w| w.rows).sum()
 }
 
 impl CudaBackend {
+    /// The prefill dequantization tile, at least `elems` long: kept between matmuls (one allocation,
+    /// not one per projection per forward).
+    fn dequant_scratch(
+        &self,
+        elems: usize,
+    ) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<crate::Bf16>>>> {
+        let mut g = self.dequant_tile.lock().unwrap_or_else(|e| e.into_inner());
+        if g.as_ref().is_none_or(|t| t.len() < elems) {
+            *g = None; // free the smaller one first
+            *g = Some(self.alloc::<crate::Bf16>(elems)?);
+        }
+        Ok(g)
+    }
+
     /// `out[t] = bf16(table[ids[t]])` from a quantized embedding table (one tensor: one part).
     pub(crate) fn embed_quantized(
         &self,
@@ -47,6 +66,7 @@ impl CudaBackend {
     }
 
     /// The decode GEMV (`mode`, optional fused norm and bias) over quantized `parts` into `y`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemv_quantized(
         &self,
         x: &CudaTensor,
@@ -55,23 +75,38 @@ impl CudaBackend {
         bias: Option<&CudaVector>,
         mode: Accumulate,
         y: &mut CudaTensor,
+        activations: Activations,
     ) -> Result<()> {
         let dev = self.device();
         if let [w] = parts {
             let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
-            return gemv_quant(dev, w, &x.data, norm, bias, &mut y.data, mode).map_err(be);
+            let all = OutColumns::All;
+            return gemv_quant_columns(
+                dev,
+                w,
+                &x.data,
+                norm,
+                bias,
+                &mut y.data,
+                all,
+                mode,
+                activations,
+            )
+            .map_err(be);
         }
         if mode != Accumulate::SwiGlu {
-            return self.gemv_parts_into_columns(x, norm, parts, bias, mode, y);
+            return self.gemv_parts_into_columns(x, norm, parts, bias, mode, y, activations);
         }
         // gate and up in different formats: both projections, then SwiGLU over them
         let rows = total_rows(parts);
         let mut gate_up = self.tensor(x.rows, rows)?;
-        self.gemv_parts_into_columns(x, norm, parts, None, Accumulate::Overwrite, &mut gate_up)?;
+        let overwrite = Accumulate::Overwrite;
+        self.gemv_parts_into_columns(x, norm, parts, None, overwrite, &mut gate_up, activations)?;
         silu_mul(dev, &gate_up.data, rows / 2, &mut y.data).map_err(be)
     }
 
     /// One GEMV per part, each into its columns of `y` `[tokens, total rows]`.
+    #[allow(clippy::too_many_arguments)]
     fn gemv_parts_into_columns(
         &self,
         x: &CudaTensor,
@@ -80,6 +115,7 @@ impl CudaBackend {
         bias: Option<&CudaVector>,
         mode: Accumulate,
         y: &mut CudaTensor,
+        activations: Activations,
     ) -> Result<()> {
         let width = total_rows(parts);
         let mut first = 0;
@@ -96,6 +132,7 @@ impl CudaBackend {
                 &mut y.data,
                 out,
                 mode,
+                activations,
             )
             .map_err(be)?;
             first += w.rows;
@@ -114,9 +151,11 @@ impl CudaBackend {
     ) -> Result<()> {
         let (dev, cols) = (self.device(), x.cols);
         let width = total_rows(parts);
-        let tile_rows = (DEQUANT_TILE_ELEMS / cols.max(1)).max(1);
+        let tile_rows = (DEQUANT_TILE_ELEMS / cols.max(1) / TILE_ROW_ALIGN * TILE_ROW_ALIGN)
+            .max(TILE_ROW_ALIGN);
         let largest = parts.iter().map(|w| w.rows).max().unwrap_or(0);
-        let mut tile = self.alloc::<crate::Bf16>(tile_rows.min(largest) * cols)?;
+        let mut scratch = self.dequant_scratch(tile_rows.min(largest) * cols)?;
+        let tile = scratch.as_mut().expect("allocated by dequant_scratch");
         let guard = self.blas()?;
         let blas = guard.as_ref().expect("created by blas()");
         let mut first = 0;

@@ -26,6 +26,18 @@ pub struct CudaMatrix {
     pub rows: usize,
     pub cols: usize,
     pub storage: MatrixStorage,
+    /// Whether its decode GEMV may quantize the activations to 8 bits (the dp4a kernels): not for q
+    /// and k, whose outputs go through Qwen3's q/k norms (gains near 100 amplify any rounding).
+    pub int8_activations: bool,
+}
+
+/// Whether a matrix made of `parts` may take 8-bit activations (see [`CudaMatrix`]): HF names, and
+/// GGUF names as [`kestrel::formats::source::ModelSource`] gives them ("blk.0.attn_q.weight
+/// (model.layers.0.self_attn.q_proj.weight)").
+pub fn int8_activations_allowed(parts: &[HostTensor]) -> bool {
+    !parts
+        .iter()
+        .any(|p| p.name.contains("q_proj") || p.name.contains("k_proj"))
 }
 
 pub enum MatrixStorage {

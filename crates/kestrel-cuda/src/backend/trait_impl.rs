@@ -14,8 +14,8 @@ use super::graphs::MAX_GRAPH_BATCH;
 use super::linear::GEMV_MAX_TOKENS;
 use super::metadata::CudaMetadata;
 use super::tensor::{
-    matrix_for_device, vector_to_f32, CudaKvCache, CudaMatrix, CudaTensor, CudaVector, HostMatrix,
-    MatrixStorage,
+    int8_activations_allowed, matrix_for_device, vector_to_f32, CudaKvCache, CudaMatrix,
+    CudaTensor, CudaVector, HostMatrix, MatrixStorage,
 };
 use super::{be, CudaBackend};
 use crate::dtype::{to_f32, Bf16};
@@ -97,6 +97,7 @@ impl Backend for CudaBackend {
             rows,
             cols,
             storage,
+            int8_activations: int8_activations_allowed(parts),
         })
     }
 

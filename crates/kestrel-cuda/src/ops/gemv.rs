@@ -176,6 +176,8 @@ pub(super) struct TiledLaunch {
     pub k_split: usize,
     /// Distance between y's rows, for kernels with that argument (the quantized GEMVs).
     pub ldy: Option<usize>,
+    /// Dynamic shared memory beyond the fused norm's (the dp4a kernels' quantized x).
+    pub extra_smem: usize,
 }
 
 impl TiledLaunch {
@@ -187,11 +189,12 @@ impl TiledLaunch {
         mut args: Vec<Arg>,
     ) -> Result<()> {
         // the fused norm stages the tokens' normalised rows in shared memory
-        let smem = if self.norm {
-            (self.tokens * self.in_features * 2) as u32
+        let norm_smem = if self.norm {
+            self.tokens * self.in_features * 2
         } else {
             0
         };
+        let smem = (norm_smem + self.extra_smem) as u32;
         // a SwiGLU group owns one gate row and its up row
         let rows_per_group = if self.mode == Accumulate::SwiGlu {
             1
@@ -381,6 +384,7 @@ fn gemv_impl(
                 mode,
                 k_split,
                 ldy: None,
+                extra_smem: 0,
             };
             tiled.launch(dev, &GEMV_TILED, name, args)
         }

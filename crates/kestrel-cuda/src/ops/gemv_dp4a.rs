@@ -1,87 +1,60 @@
-//! The integer-dot-product decode GEMV (kernels/gemv_dp4a.cu), kept to measure against the
-//! dequantizing one ([`super::gemv_quant`]): issue #4 asks for both designs to be timed. Not on the
-//! model's path: Q8_0 and Q4_0 only, 1, 2 or 4 tokens, no fused norm, no bias.
+//! When the decode GEMV runs with integer dot products (kernels/gemv_dp4a.cu) instead of decoding the
+//! blocks to f32 in registers (gemv_quant.cu): issue #4 asks for both designs measured and the faster
+//! kept. Measured (BENCHMARKS.md, H200): for the 4- to 6-bit formats the dequantizing kernel is bound
+//! by its arithmetic (~3 instructions a weight) and dp4a is 13-25% faster where x is short (the hidden
+//! size), while every block quantizing a long x (o_proj at 4B: 4,096; down: 9,728) costs more than it
+//! saves; for Q8_0 the dequantizing kernel already streams at bandwidth. But 8-bit activations cost
+//! accuracy: with them the tiny Qwen2 test model's Q4_K_M decode left DESIGN.md's parity bound (2.66e-2
+//! against 1.97e-2, H200), and at full size Qwen3-0.6B's decode ratio to HF bf16 rose from 0.69 to 0.91.
+//! So they are opt-in (`KESTREL_DP4A=1`), and never for q/k/v (k feeds Qwen3's k_norm gains near 100):
+//! the caller says whether 8-bit activations are acceptable.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use super::quant_layout::QuantFormat;
 
-use super::gemv::{auto_k_split, Accumulate, TILED_ROWS, TILED_WARPS};
-use super::quant_layout::{QuantFormat, QuantWeights};
-use super::{expect_aligned16, launch, shape_error, to_i32, Arg};
-use crate::compile::GEMV_DP4A;
-use crate::dtype::Bf16;
-use crate::{CudaDevice, Result};
+/// The longest x (in_features) a dp4a GEMV quantizes in every block.
+pub const DP4A_MAX_IN_FEATURES: usize = 3072;
+/// Tokens the dp4a kernels take (their shared memory grows with them).
+pub const DP4A_MAX_TOKENS: usize = 4;
 
-/// `y = x · wᵀ` finished as `mode` says, activations quantized to 8 bits inside the kernel.
-pub fn gemv_dp4a(
-    dev: &CudaDevice,
-    w: &QuantWeights,
-    x: &impl DevicePtr<Bf16>,
-    y: &mut impl DevicePtrMut<Bf16>,
-    mode: Accumulate,
-) -> Result<()> {
-    const OP: &str = "gemv_dp4a";
-    let k = w.in_features;
-    let tokens = x.len() / k.max(1);
-    let name = match (w.format, tokens) {
-        (QuantFormat::Q8_0, 1) => "gemv_q8_0_dp4a_t1",
-        (QuantFormat::Q8_0, 2) => "gemv_q8_0_dp4a_t2",
-        (QuantFormat::Q8_0, 4) => "gemv_q8_0_dp4a_t4",
-        (QuantFormat::Q4_0, 1) => "gemv_q4_0_dp4a_t1",
-        (QuantFormat::Q4_0, 2) => "gemv_q4_0_dp4a_t2",
-        (QuantFormat::Q4_0, 4) => "gemv_q4_0_dp4a_t4",
-        _ => {
-            return Err(shape_error(
-                OP,
-                format!("{:?} at {tokens} tokens has no dp4a kernel", w.format),
-            ))
-        }
+/// Which activations a quantized decode GEMV may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// bf16, as the model holds them (the dequantizing kernel).
+    Bf16,
+    /// Quantized to 8 bits per 32 values in the kernel where [`use_dp4a`] picks it (with
+    /// `KESTREL_DP4A=1`).
+    Int8Allowed,
+    /// Quantized to 8 bits wherever a dp4a kernel applies, whatever `KESTREL_DP4A` says (tests).
+    Int8,
+}
+
+/// Whether `KESTREL_DP4A=1` turned the integer kernels on.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KESTREL_DP4A").is_ok_and(|v| v == "1"))
+}
+
+/// Whether a GEMV of `tokens` rows of `in_features` over `format` with `activations` runs the dp4a
+/// kernel.
+pub fn use_dp4a(
+    format: QuantFormat,
+    activations: Activations,
+    tokens: usize,
+    in_features: usize,
+) -> bool {
+    let wanted = match activations {
+        Activations::Bf16 => false,
+        Activations::Int8Allowed => enabled(),
+        Activations::Int8 => true,
     };
-    let out_rows = if mode == Accumulate::SwiGlu {
-        w.rows / 2
-    } else {
-        w.rows
-    };
-    let smem = tokens * k + tokens * k / 32 * 8;
-    if x.len() != tokens * k || y.len() != tokens * out_rows || smem > 48 * 1024 {
-        return Err(shape_error(
-            OP,
-            format!(
-                "x {} / y {} elements for {tokens} x {k} -> {out_rows}",
-                x.len(),
-                y.len()
-            ),
-        ));
-    }
-    let s = dev.stream();
-    let (xp, _gx) = x.device_ptr(s);
-    let (planes, _gw) = w.pointers(s);
-    let (yp, _gy) = y.device_ptr_mut(s);
-    expect_aligned16(OP, "x", xp)?;
-    let k_split = auto_k_split(w.rows, k / w.format.weights_per_chunk() * 8);
-    let per_group = if mode == Accumulate::SwiGlu {
-        1
-    } else {
-        TILED_ROWS
-    };
-    let cfg = LaunchConfig {
-        grid_dim: (
-            out_rows.div_ceil(per_group * TILED_WARPS / k_split) as u32,
-            1,
-            1,
-        ),
-        block_dim: ((32 * TILED_WARPS) as u32, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
-    let args = [
-        Arg::Ptr(yp),
-        Arg::Ptr(xp),
-        Arg::Ptr(planes[0]),
-        Arg::Ptr(planes[1]),
-        Arg::Ptr(0),
-        Arg::I32(to_i32(OP, "in_features", k)?),
-        Arg::I32(to_i32(OP, "rows", out_rows)?),
-        Arg::I32(mode.kernel_mode()),
-        Arg::I32(k_split as i32),
-    ];
-    launch(dev, &GEMV_DP4A, name, cfg, &args)
+    wanted
+        && format.dp4a_kernel(1, false).is_some()
+        && (1..=DP4A_MAX_TOKENS).contains(&tokens)
+        && in_features <= DP4A_MAX_IN_FEATURES
+}
+
+/// Dynamic shared memory of a dp4a kernel beyond the fused norm's rows: the quantized x (a byte a
+/// value) and a 12-byte (d, two half-block sums) record per 32 values.
+pub fn dp4a_smem(tokens: usize, in_features: usize) -> usize {
+    tokens * in_features + tokens * in_features / 32 * 12
 }

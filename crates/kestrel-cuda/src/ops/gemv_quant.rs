@@ -7,9 +7,10 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use super::gemv::{
     auto_k_split, check_epilogue, optional_ptr, Accumulate, GemvNorm, TiledLaunch, TILED_MAX_TOKENS,
 };
+use super::gemv_dp4a::{dp4a_smem, use_dp4a, Activations};
 use super::quant_layout::QuantWeights;
 use super::{expect_aligned16, shape_error, to_i32, Arg};
-use crate::compile::GEMV_QUANT;
+use crate::compile::{GEMV_DP4A, GEMV_QUANT};
 use crate::dtype::Bf16;
 use crate::{CudaDevice, Result};
 
@@ -24,7 +25,8 @@ pub fn gemv_quant(
     y: &mut impl DevicePtrMut<Bf16>,
     mode: Accumulate,
 ) -> Result<()> {
-    gemv_quant_columns(dev, w, x, norm, bias, y, OutColumns::All, mode)
+    let bf16 = Activations::Bf16;
+    gemv_quant_columns(dev, w, x, norm, bias, y, OutColumns::All, mode, bf16)
 }
 
 /// Where a GEMV's outputs go in `y`.
@@ -37,7 +39,8 @@ pub enum OutColumns {
     Slice { first: usize, width: usize },
 }
 
-/// [`gemv_quant`] into the columns `out` of a wider `y`.
+/// [`gemv_quant`] into the columns `out` of a wider `y`; with [`Activations::Int8Allowed`], through the
+/// integer-dot-product kernel where [`use_dp4a`] picks it.
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_quant_columns(
     dev: &CudaDevice,
@@ -48,6 +51,7 @@ pub fn gemv_quant_columns(
     y: &mut impl DevicePtrMut<Bf16>,
     out: OutColumns,
     mode: Accumulate,
+    activations: Activations,
 ) -> Result<()> {
     const OP: &str = "gemv_quant";
     let (format, in_features, out_features) = (w.format, w.in_features, w.rows);
@@ -118,7 +122,11 @@ pub fn gemv_quant_columns(
         Arg::I32(to_i32(OP, "out_features", out_rows)?),
         Arg::I32(mode.kernel_mode()),
     ]);
-    let name = format.gemv_kernel(tokens, norm.is_some());
+    let dp4a = use_dp4a(format, activations, tokens, in_features);
+    let (kernel, name, extra_smem) = match format.dp4a_kernel(tokens, norm.is_some()) {
+        Some(name) if dp4a => (&GEMV_DP4A, name, dp4a_smem(tokens, in_features)),
+        _ => (&GEMV_QUANT, format.gemv_kernel(tokens, norm.is_some()), 0),
+    };
     // split K by 16-byte chunks, as for a bf16 row of as many chunks (8 weights each)
     let chunk_width = in_features / format.weights_per_chunk() * 8;
     let tiled = TiledLaunch {
@@ -129,6 +137,7 @@ pub fn gemv_quant_columns(
         mode,
         k_split: auto_k_split(out_features, chunk_width),
         ldy: Some(width),
+        extra_smem,
     };
-    tiled.launch(dev, &GEMV_QUANT, name, args)
+    tiled.launch(dev, kernel, name, args)
 }

@@ -126,6 +126,44 @@ impl QuantFormat {
         table[tokens - 1][norm as usize]
     }
 
+    /// The integer-dot-product kernel (kernels/gemv_dp4a.cu) for 1..=4 tokens, where the format has one.
+    pub(crate) fn dp4a_kernel(self, tokens: usize, norm: bool) -> Option<&'static str> {
+        macro_rules! table {
+            ($fmt:literal) => {
+                [
+                    [
+                        concat!("gemv_", $fmt, "_dp4a_t1"),
+                        concat!("gemv_", $fmt, "_dp4a_t1_norm"),
+                    ],
+                    [
+                        concat!("gemv_", $fmt, "_dp4a_t2"),
+                        concat!("gemv_", $fmt, "_dp4a_t2_norm"),
+                    ],
+                    [
+                        concat!("gemv_", $fmt, "_dp4a_t3"),
+                        concat!("gemv_", $fmt, "_dp4a_t3_norm"),
+                    ],
+                    [
+                        concat!("gemv_", $fmt, "_dp4a_t4"),
+                        concat!("gemv_", $fmt, "_dp4a_t4_norm"),
+                    ],
+                ]
+            };
+        }
+        const Q4_0: [[&str; 2]; 4] = table!("q4_0");
+        const Q5_0: [[&str; 2]; 4] = table!("q5_0");
+        const Q4_K: [[&str; 2]; 4] = table!("q4_k");
+        const Q6_K: [[&str; 2]; 4] = table!("q6_k");
+        let t = match self {
+            QuantFormat::Q4_0 => &Q4_0,
+            QuantFormat::Q5_0 => &Q5_0,
+            QuantFormat::Q4_K => &Q4_K,
+            QuantFormat::Q6_K => &Q6_K,
+            QuantFormat::Q8_0 => return None,
+        };
+        t.get(tokens.checked_sub(1)?).map(|row| row[norm as usize])
+    }
+
     pub(crate) fn dequant_kernel(self) -> &'static str {
         match self {
             QuantFormat::Q8_0 => "dequant_q8_0",
