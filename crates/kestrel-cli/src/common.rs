@@ -202,7 +202,11 @@ impl ModelArgs {
             let kernels = s.spawn(|| backend.device().load_all_kernels());
             let loaded = (|| {
                 let source = kestrel::formats::source::ModelSource::open(&self.model)?;
-                backend.check_weights_fit(&source.config()?)?;
+                let config = source.config()?;
+                let weights = kestrel_cuda::backend::memory::source_weight_bytes(
+                    &source, &config, self.quant,
+                );
+                backend.check_weights_fit(&config, weights)?;
                 self.load_model(&backend)
             })();
             (loaded, kernels.join())

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::model_run::{rel_l2, teacher_forced};
+use common::model_run::{json_ids, read_f32, rel_l2, teacher_forced};
 use common::testdata;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -23,6 +23,7 @@ use kestrel::formats::HostTensor;
 use kestrel::model::Qwen3Model;
 use kestrel::quant::GgmlType;
 use kestrel::KestrelError;
+use kestrel_cuda::backend::memory::weight_bytes;
 use kestrel_cuda::backend::tensor::{matrix_for_device, matrix_to_bf16, HostMatrix};
 use kestrel_cuda::backend::{CudaBackend, CudaTensor};
 use kestrel_cuda::dtype::to_bf16;
@@ -67,23 +68,12 @@ fn reference(dir: &str) -> Reference {
     let d = testdata(dir);
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        json[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let bytes = std::fs::read(d.join(json["logits_file"].as_str().unwrap())).unwrap();
+    let ids = |k: &str| json_ids(&json, k);
     Reference {
         prompt: ids("prompt_tokens"),
         greedy_prompt: ids("greedy_prompt_tokens"),
         greedy: ids("greedy_tokens"),
-        logits: bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
+        logits: read_f32(&d.join(json["logits_file"].as_str().unwrap())),
         hf_bf16_rel_l2: json["hf_bf16_rel_l2"].as_f64().unwrap(),
         hf_bf16_greedy_agree: json["hf_bf16_greedy_agree_prefix"].as_u64().unwrap() as usize,
     }
@@ -267,7 +257,7 @@ fn kv_cache_sizing_and_clear_memory_errors() {
     let gpu = turn.backend;
     let src = ModelSource::open(testdata("tiny-qwen3-bf16").to_str().unwrap()).unwrap();
     let cfg = src.config().unwrap();
-    gpu.check_weights_fit(&cfg).unwrap();
+    gpu.check_weights_fit(&cfg, weight_bytes(&cfg)).unwrap();
     let blocks = gpu.kv_cache_blocks(&cfg, 0.9, BLOCK_SIZE).unwrap();
     assert!(blocks > 1000, "{blocks} blocks for a tiny model");
     let err = gpu.kv_cache_blocks(&cfg, 0.001, BLOCK_SIZE).unwrap_err();
@@ -278,7 +268,10 @@ fn kv_cache_sizing_and_clear_memory_errors() {
     huge.hidden_size = 65_536;
     huge.intermediate_size = 262_144;
     huge.num_layers = 64;
-    let err = gpu.check_weights_fit(&huge).unwrap_err().to_string();
+    let err = gpu
+        .check_weights_fit(&huge, weight_bytes(&huge))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("the model needs") && err.contains("free"),
         "{err}"

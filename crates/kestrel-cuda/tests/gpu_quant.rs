@@ -17,6 +17,7 @@
 mod common;
 
 use common::Rng;
+use kestrel::formats::gguf::GgufFile;
 use kestrel::quant;
 use kestrel::quant::q4_0::BlockQ4_0;
 use kestrel::quant::q4_k::BlockQ4K;
@@ -332,6 +333,72 @@ fn dequant_rows_match_the_cpu_dequantizer_bit_for_bit() {
             }
         }
     }
+}
+
+/// Real tensors (testdata/quant/real_rows.gguf: 64 rows of each quantized type of the real
+/// Qwen2.5-Coder-0.5B Q4_K_M file, scripts/extract_real_rows.py): dequantized bit for bit as the CPU
+/// does, and the GEMV against f64 dot products of those values, for 1 and 3 tokens.
+#[test]
+fn real_tensors_dequantize_and_multiply_as_the_cpu() {
+    let Some(dev) = device() else { return };
+    let mut g = Rng::new("real_rows");
+    let file = GgufFile::open(&common::testdata("quant/real_rows.gguf")).unwrap();
+    let mut formats = Vec::new();
+    for info in &file.tensors {
+        let t = file.tensor(&info.name).unwrap();
+        let (rows, k) = (t.rows(), t.cols());
+        let format = QuantFormat::from_ggml(t.ty).unwrap();
+        formats.push(format);
+        let q = from_gguf_bytes(&dev, format, t.bytes(), k);
+        let mut out = upload(&dev, &vec![Bf16::NAN; rows * k]);
+        let all = RowSelect::Range {
+            first: 0,
+            count: rows,
+        };
+        dequant_rows(&dev, &q.w, all, &mut out).unwrap();
+        let want: Vec<f32> = q.values.iter().map(|&v| round_bf16(v)).collect();
+        assert_eq!(download(&dev, &out), want, "{} ({format:?})", info.name);
+        for tokens in [1, 3] {
+            let x = activations(&mut g, tokens * k, 1.0);
+            let mut y = upload(&dev, &vec![Bf16::NAN; tokens * rows]);
+            run(
+                &dev,
+                &q,
+                &upload(&dev, &to_bf16(&x)),
+                None,
+                None,
+                &mut y,
+                Accumulate::Overwrite,
+            );
+            let got = download(&dev, &y);
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let (xr, wr) = (&x[t * k..][..k], &q.values[r * k..][..k]);
+                    let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let abs: f64 = xr
+                        .iter()
+                        .zip(wr)
+                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                        .sum();
+                    let want = round_bf16(dot as f32);
+                    let tol = 2.0 * bf16_ulp(want) + 2.0 * (abs * 2f64.powi(-20)) as f32;
+                    let v = got[t * rows + r];
+                    assert!(
+                        (v - want).abs() <= tol,
+                        "{} [{t}, {r}]: {v} vs {want}",
+                        info.name
+                    );
+                }
+            }
+        }
+    }
+    let want = [
+        QuantFormat::Q8_0,
+        QuantFormat::Q5_0,
+        QuantFormat::Q6_K,
+        QuantFormat::Q4_K,
+    ];
+    assert!(want.iter().all(|f| formats.contains(f)), "{formats:?}");
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::model_run::{greedy, rel_l2, teacher_forced, Dequantized};
+use common::model_run::{greedy, json_ids, read_f32, rel_l2, teacher_forced, Dequantized};
 use common::testdata;
 
 use kestrel::backend::cpu::CpuBackend;
@@ -42,22 +42,11 @@ fn golden(dir: &str, quant: QuantType) -> Golden {
     let d = testdata("quant-golden");
     let path = d.join(format!("{dir}-{}.json", quant.name()));
     let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        json[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let bytes = std::fs::read(d.join(json["logits_file"].as_str().unwrap())).unwrap();
+    let ids = |k: &str| json_ids(&json, k);
     Golden {
         prompt: ids("prompt_tokens"),
         greedy_prompt: ids("greedy_prompt_tokens"),
-        fp32: bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        fp32: read_f32(&d.join(json["logits_file"].as_str().unwrap())),
         greedy_fp32: ids("greedy_fp32"),
         greedy_margins: json["greedy_fp32_top1_top2_margins"]
             .as_array()

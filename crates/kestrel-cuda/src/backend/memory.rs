@@ -6,6 +6,8 @@
 
 use kestrel::config::ModelConfig;
 use kestrel::engine::generate::PREFILL_CHUNK;
+use kestrel::formats::source::ModelSource;
+use kestrel::quant::QuantType;
 use kestrel::{KestrelError, Result};
 
 use super::CudaBackend;
@@ -18,7 +20,45 @@ fn gib(bytes: usize) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB)
 }
 
-/// Bytes of the model's weights on the GPU: bf16 matrices, f32 norms and biases.
+/// Bytes of the weights of `source` on the GPU, before loading it (`quant`: as `--quant` will make
+/// them): a GGUF's tensors as the backend keeps them (quantized ones at their file size, which the
+/// repacked planes match within 3%; float ones as bf16), a float checkpoint as bf16 ([`weight_bytes`])
+/// or, quantized at load, scaled by the type's bits per weight (Q4_K_M: its Q4_K / Q6_K mixture,
+/// roughly).
+pub fn source_weight_bytes(
+    source: &ModelSource,
+    c: &ModelConfig,
+    quant: Option<QuantType>,
+) -> usize {
+    let bf16 = weight_bytes(c);
+    match (source, quant) {
+        (_, Some(q)) => {
+            let bits = match q {
+                QuantType::Q8_0 => 8.5,
+                QuantType::Q4_0 => 4.5,
+                QuantType::Q4_K_M => 5.0,
+            };
+            (bf16 as f64 * bits / 16.0) as usize
+        }
+        (ModelSource::Gguf(g), None) => g
+            .tensors
+            .iter()
+            .map(|t| {
+                let numel: usize = t.shape.iter().product();
+                if t.ty.is_quantized() {
+                    t.n_bytes + t.n_bytes / 32
+                } else if t.shape.len() == 1 {
+                    4 * numel
+                } else {
+                    2 * numel
+                }
+            })
+            .sum(),
+        (ModelSource::HfDir(_), None) => bf16,
+    }
+}
+
+/// Bytes of the model's weights on the GPU in bf16: bf16 matrices, f32 norms and biases.
 pub fn weight_bytes(c: &ModelConfig) -> usize {
     let (h, q, kv, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let per_layer = 2 * ((q + 2 * kv) * h + h * q + 3 * inter * h)
@@ -49,16 +89,16 @@ pub fn kv_block_bytes(c: &ModelConfig, block_size: usize) -> usize {
 }
 
 impl CudaBackend {
-    /// Refuses a model whose weights (plus the activation reserve) exceed the free memory, before any
-    /// upload starts.
-    pub fn check_weights_fit(&self, c: &ModelConfig) -> Result<()> {
+    /// Refuses a model whose weights (`weights` bytes: [`source_weight_bytes`] or [`weight_bytes`])
+    /// plus the activation reserve exceed the free memory, before any upload starts.
+    pub fn check_weights_fit(&self, c: &ModelConfig, weights: usize) -> Result<()> {
         let (free, _) = self.device().memory_info().map_err(super::be)?;
-        let need = weight_bytes(c) + activation_bytes(c);
+        let need = weights + activation_bytes(c);
         if need > free {
             return Err(KestrelError::Backend(format!(
-                "the model needs {} ({} of weights in bf16, {} for activations), GPU {} has {} free",
+                "the model needs {} ({} of weights, {} for activations), GPU {} has {} free",
                 gib(need),
-                gib(weight_bytes(c)),
+                gib(weights),
                 gib(activation_bytes(c)),
                 self.device().name(),
                 gib(free)
@@ -104,5 +144,42 @@ impl CudaBackend {
             )));
         }
         Ok(blocks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(rel: &str) -> String {
+        format!("{}/../../testdata/{rel}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The estimate before loading against the bytes the GGUF's tensors hold (what the GPU keeps,
+    /// give or take the repacking's few percent and bf16 for float matrices).
+    #[test]
+    fn weight_estimates_follow_the_storage() {
+        for file in ["q8_0", "q4_0", "q4_k_m"] {
+            let src =
+                ModelSource::open(&testdata(&format!("llama-cpp-quant/{file}.gguf"))).unwrap();
+            let c = src.config().unwrap();
+            let ModelSource::Gguf(g) = &src else {
+                panic!("not a GGUF")
+            };
+            let file_bytes: usize = g.tensors.iter().map(|t| t.n_bytes).sum();
+            let est = source_weight_bytes(&src, &c, None);
+            assert!(
+                est >= file_bytes && est <= file_bytes + file_bytes / 16,
+                "{file}: estimate {est} for {file_bytes} bytes of tensors"
+            );
+            assert!(est < weight_bytes(&c), "{file}: not below bf16's");
+        }
+        let src = ModelSource::open(&testdata("tiny-qwen3-256")).unwrap();
+        let c = src.config().unwrap();
+        let bf16 = weight_bytes(&c);
+        assert_eq!(source_weight_bytes(&src, &c, None), bf16);
+        let q8 = source_weight_bytes(&src, &c, Some(QuantType::Q8_0));
+        let q4 = source_weight_bytes(&src, &c, Some(QuantType::Q4_0));
+        assert!(q4 < q8 && q8 < bf16 * 9 / 16, "{q4} {q8} {bf16}");
     }
 }

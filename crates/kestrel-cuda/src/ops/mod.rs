@@ -14,6 +14,7 @@ pub mod gemv_quant;
 pub mod norm;
 pub mod qk_norm_rope_kv;
 pub mod quant_layout;
+pub mod quant_repack;
 pub mod sampling;
 pub mod silu_mul;
 

@@ -69,3 +69,22 @@ pub fn greedy<B: Backend>(b: &B, m: &Qwen3Model<B>, prompt: &[u32], n: usize) ->
     }
     out
 }
+
+/// `json[key]` as token ids (golden files).
+pub fn json_ids(json: &serde_json::Value, key: &str) -> Vec<u32> {
+    json[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("golden: no array {key}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A raw little-endian f32 file (golden logits).
+pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
