@@ -35,18 +35,22 @@ fn total_rows(parts: &[QuantWeights]) -> usize {
 }
 
 impl CudaBackend {
-    /// The prefill dequantization tile, at least `elems` long: kept between matmuls (one allocation,
-    /// not one per projection per forward).
-    fn dequant_scratch(
-        &self,
-        elems: usize,
-    ) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<crate::Bf16>>>> {
+    /// Rows of a prefill tile for weights of `cols` columns.
+    fn tile_rows(cols: usize) -> usize {
+        (DEQUANT_TILE_ELEMS / cols.max(1) / TILE_ROW_ALIGN * TILE_ROW_ALIGN).max(TILE_ROW_ALIGN)
+    }
+
+    /// Grows the kept prefill tile to fit a quantized matrix of `rows` x `cols`. Called at upload, never
+    /// during a forward: a decode step of more than 8 sequences runs the prefill path inside CUDA graph
+    /// capture, and a buffer allocated (or freed by growing) there would belong to the graph.
+    pub(crate) fn reserve_dequant_tile(&self, rows: usize, cols: usize) -> Result<()> {
+        let elems = Self::tile_rows(cols).min(rows) * cols;
         let mut g = self.dequant_tile.lock().unwrap_or_else(|e| e.into_inner());
         if g.as_ref().is_none_or(|t| t.len() < elems) {
             *g = None; // free the smaller one first
             *g = Some(self.alloc::<crate::Bf16>(elems)?);
         }
-        Ok(g)
+        Ok(())
     }
 
     /// `out[t] = bf16(table[ids[t]])` from a quantized embedding table (one tensor: one part).
@@ -151,11 +155,20 @@ impl CudaBackend {
     ) -> Result<()> {
         let (dev, cols) = (self.device(), x.cols);
         let width = total_rows(parts);
-        let tile_rows = (DEQUANT_TILE_ELEMS / cols.max(1) / TILE_ROW_ALIGN * TILE_ROW_ALIGN)
-            .max(TILE_ROW_ALIGN);
+        let tile_rows = Self::tile_rows(cols);
         let largest = parts.iter().map(|w| w.rows).max().unwrap_or(0);
-        let mut scratch = self.dequant_scratch(tile_rows.min(largest) * cols)?;
-        let tile = scratch.as_mut().expect("allocated by dequant_scratch");
+        let need = tile_rows.min(largest) * cols;
+        let mut kept = self.dequant_tile.lock().unwrap_or_else(|e| e.into_inner());
+        // reserved at upload (reserve_dequant_tile); a matrix built some other way gets a tile of its
+        // own, freed when this returns
+        let mut own;
+        let tile = match kept.as_mut() {
+            Some(t) if t.len() >= need => t,
+            _ => {
+                own = self.alloc::<crate::Bf16>(need)?;
+                &mut own
+            }
+        };
         let guard = self.blas()?;
         let blas = guard.as_ref().expect("created by blas()");
         let mut first = 0;

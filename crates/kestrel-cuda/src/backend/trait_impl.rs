@@ -84,14 +84,18 @@ impl Backend for CudaBackend {
             .map_or("a matrix".to_string(), |p| format!("tensor '{}'", p.name));
         let storage = match host {
             HostMatrix::Bf16(values) => MatrixStorage::Bf16(self.upload(&what, &values)?),
-            HostMatrix::Quant(runs) => MatrixStorage::Quant(
-                runs.iter()
-                    .map(|(format, planes)| {
-                        QuantWeights::upload(self.device(), *format, cols, planes)
-                    })
-                    .collect::<crate::Result<_>>()
-                    .map_err(|e| KestrelError::Backend(format!("uploading {what}: {e}")))?,
-            ),
+            HostMatrix::Quant(runs) => {
+                // the prefill tile, sized before any forward (see reserve_dequant_tile)
+                self.reserve_dequant_tile(rows, cols)?;
+                MatrixStorage::Quant(
+                    runs.iter()
+                        .map(|(format, planes)| {
+                            QuantWeights::upload(self.device(), *format, cols, planes)
+                        })
+                        .collect::<crate::Result<_>>()
+                        .map_err(|e| KestrelError::Backend(format!("uploading {what}: {e}")))?,
+                )
+            }
         };
         Ok(CudaMatrix {
             rows,
