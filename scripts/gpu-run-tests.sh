@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# gpu-run-tests.sh [TEST...]: on the GPU machine, unpacks a bundle whose binaries were gzipped to fit the
+# 64 MiB a call carries (`gzip .gpu/bin/kestrel .gpu/tests/* .gpu/qwen3-tokenizer/tokenizer.json` after
+# gpu-bundle), then runs the named bundled tests (kestrel_cuda_<TEST>-*, e.g. gpu_quant gpu_dp4a) one
+# thread each, logs into $OUT/<TEST>.log and a line each into $OUT/summary.txt. No TEST: unpack only.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+for f in .gpu/bin/*.gz .gpu/tests/*.gz .gpu/qwen3-tokenizer/*.gz; do
+  [ -e "$f" ] && gunzip -f "$f"
+done
+chmod +x .gpu/bin/* .gpu/tests/* 2>/dev/null
+out=${OUT:-/tmp/gpu-tests}; mkdir -p "$out"
+export KESTREL_REQUIRE_GPU=1 RUST_BACKTRACE=1
+start=$SECONDS
+nvidia-smi --query-gpu=name --format=csv,noheader >> "$out/summary.txt"
+for t in "$@"; do
+  exe=$(ls .gpu/tests/kestrel_cuda_"$t"-* 2>/dev/null | head -n 1)
+  if [ -z "$exe" ]; then echo "$t: not in the bundle" >> "$out/summary.txt"; continue; fi
+  timeout "${TEST_TIMEOUT:-240}" "$exe" --nocapture --test-threads 1 > "$out/$t.log" 2>&1
+  echo "$t rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
+  grep -E "^test result|FAILED|panicked" "$out/$t.log" | head -5 >> "$out/summary.txt"
+done
