@@ -82,23 +82,7 @@ impl CudaBackend {
         activations: Activations,
     ) -> Result<()> {
         let dev = self.device();
-        if let [w] = parts {
-            let bias = bias.map(|b| &b.data as &dyn DevicePtr<f32>);
-            let all = OutColumns::All;
-            return gemv_quant_columns(
-                dev,
-                w,
-                &x.data,
-                norm,
-                bias,
-                &mut y.data,
-                all,
-                mode,
-                activations,
-            )
-            .map_err(be);
-        }
-        if mode != Accumulate::SwiGlu {
+        if parts.len() == 1 || mode != Accumulate::SwiGlu {
             return self.gemv_parts_into_columns(x, norm, parts, bias, mode, y, activations);
         }
         // gate and up in different formats: both projections, then SwiGLU over them
@@ -109,7 +93,8 @@ impl CudaBackend {
         silu_mul(dev, &gate_up.data, rows / 2, &mut y.data).map_err(be)
     }
 
-    /// One GEMV per part, each into its columns of `y` `[tokens, total rows]`.
+    /// One GEMV per part, each into its columns of `y` `[tokens, total rows]` (one part: all of `y`,
+    /// whatever its mode).
     #[allow(clippy::too_many_arguments)]
     fn gemv_parts_into_columns(
         &self,
@@ -125,7 +110,11 @@ impl CudaBackend {
         let mut first = 0;
         for w in parts {
             let bias = bias.map(|b| b.data.slice(first..first + w.rows));
-            let out = OutColumns::Slice { first, width };
+            let out = if parts.len() == 1 {
+                OutColumns::All
+            } else {
+                OutColumns::Slice { first, width }
+            };
             let bias = bias.as_ref().map(|b| b as &dyn DevicePtr<f32>);
             gemv_quant_columns(
                 self.device(),
