@@ -49,6 +49,7 @@ pub const GEMV_TILED: Kernel = kernel!("gemv_tiled.cu");
 pub const GEMV_QUANT: Kernel = kernel!("gemv_quant.cu");
 pub const DEQUANT: Kernel = kernel!("dequant.cu");
 pub const GEMV_DP4A: Kernel = kernel!("gemv_dp4a.cu");
+pub const GEMV_MMA: Kernel = kernel!("gemv_mma.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
@@ -67,6 +68,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     GEMV_QUANT,
     DEQUANT,
     GEMV_DP4A,
+    GEMV_MMA,
     ARGMAX,
     SAMPLING,
     ELEMENTWISE,

@@ -17,7 +17,7 @@ use kestrel_cuda::cudarc::driver::CudaSlice;
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::gemv::{Accumulate, GemvNorm};
 use kestrel_cuda::ops::gemv_dp4a::{use_dp4a, Activations};
-use kestrel_cuda::ops::gemv_quant::{gemv_quant_columns, OutColumns};
+use kestrel_cuda::ops::gemv_quant::{gemv_quant_columns, OutColumns, QuantGemvKernel};
 use kestrel_cuda::ops::quant_layout::{QuantFormat, QuantWeights};
 use kestrel_cuda::{Bf16, CudaDevice};
 
@@ -106,7 +106,18 @@ fn dp4a_against_dequantizing_gemv() {
                 let mut y_f = s.clone_htod(&y0).unwrap();
                 let run = |y: &mut CudaSlice<Bf16>, a: Activations| {
                     let all = OutColumns::All;
-                    gemv_quant_columns(&dev, &qw, &d_x, norm, None, y, all, mode, a).unwrap()
+                    gemv_quant_columns(
+                        &dev,
+                        &qw,
+                        &d_x,
+                        norm,
+                        None,
+                        y,
+                        all,
+                        mode,
+                        QuantGemvKernel::Auto(a),
+                    )
+                    .unwrap()
                 };
                 run(&mut y_i, Activations::Int8);
                 run(&mut y_f, Activations::Bf16);

@@ -399,12 +399,7 @@ fn check_gemv(
         let xr = &x[t * k..][..k];
         for r in 0..n {
             let wr = &w[r * k..][..k];
-            let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let abs: f64 = xr
-                .iter()
-                .zip(wr)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
+            let (dot, abs) = common::dot_f64(xr, wr);
             let v = (dot + if with_bias { bias[r] as f64 } else { 0.0 }) as f32;
             // f32 accumulation in another order: a loose bound on its error
             let acc_err = (abs * 2f64.powi(-20)) as f32;

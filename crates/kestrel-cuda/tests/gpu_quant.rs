@@ -1,5 +1,6 @@
-//! Quantized decode GEMV (kernels/gemv_quant.cu: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K) and the dequantizing
-//! kernel (kernels/dequant.cu) on fresh random inputs:
+//! Quantized decode GEMVs (kernels/gemv_quant.cu: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K; the tensor-core
+//! kernels/gemv_mma.cu: all but Q8_0, also at a forced 8-way K-split) and the dequantizing kernel
+//! (kernels/dequant.cu) on fresh random inputs:
 //! - blocks quantized from random weights (kestrel's CPU quantizer), against f64 dot products of the
 //!   dequantized weights (the CPU reference's `dequantize`);
 //! - every fused mode (input RMSNorm, SwiGLU, residual add, bias) against the bf16 tiled GEMV, with
@@ -28,7 +29,8 @@ use kestrel_cuda::cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::dequant::{dequant_rows, RowSelect};
 use kestrel_cuda::ops::gemv::{gemv_bf16_fused, Accumulate, GemvNorm};
-use kestrel_cuda::ops::gemv_quant::gemv_quant;
+use kestrel_cuda::ops::gemv_mma::mma_applies;
+use kestrel_cuda::ops::gemv_quant::{gemv_quant_columns, OutColumns, QuantGemvKernel};
 use kestrel_cuda::ops::quant_layout::{QuantFormat, QuantWeights};
 use kestrel_cuda::{Bf16, CudaDevice};
 
@@ -83,6 +85,18 @@ fn quantized(dev: &CudaDevice, format: QuantFormat, w: &[f32], k: usize) -> QWei
     from_gguf_bytes(dev, format, &raw, k)
 }
 
+/// The decode GEMV kernels of a format for `tokens` rows of `k`: the tiled one, and the tensor-core
+/// one at its own K-split and at 8 (empty and ragged slices) where it applies.
+fn kernels(format: QuantFormat, mode: Accumulate, tokens: usize, k: usize) -> Vec<QuantGemvKernel> {
+    let mut v = vec![QuantGemvKernel::Tiled];
+    if mma_applies(format, mode, tokens, k) {
+        v.push(QuantGemvKernel::Mma { k_split: None });
+        v.push(QuantGemvKernel::Mma { k_split: Some(8) });
+    }
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     dev: &CudaDevice,
     w: &QWeights,
@@ -91,8 +105,9 @@ fn run(
     bias: Option<&dyn DevicePtr<f32>>,
     y: &mut CudaSlice<Bf16>,
     mode: Accumulate,
+    kernel: QuantGemvKernel,
 ) {
-    gemv_quant(dev, &w.w, x, norm, bias, y, mode).unwrap();
+    gemv_quant_columns(dev, &w.w, x, norm, bias, y, OutColumns::All, mode, kernel).unwrap();
 }
 
 #[test]
@@ -117,49 +132,46 @@ fn quant_gemv_matches_f64_dot_products_of_the_dequantized_weights() {
         .filter(|&(c, f)| f.fits_row(c.0))
     {
         let q = quantized(&dev, format, &activations(&mut g, n * k, 0.02), k);
-        let x = activations(&mut g, tokens * k, 1.0);
-        let bias: Vec<f32> = (0..n).map(|_| round_bf16(0.1 * normal(&mut g))).collect();
-        let y0 = activations(&mut g, tokens * n, 1.0);
-        let mut y = match mode {
-            Accumulate::AddToOutput => upload(&dev, &to_bf16(&y0)),
-            _ => upload(&dev, &vec![Bf16::NAN; tokens * n]),
-        };
-        let d_bias = upload(&dev, &bias);
-        let bias_arg = with_bias.then_some(&d_bias as &dyn DevicePtr<f32>);
-        let d_x = upload(&dev, &to_bf16(&x));
-        run(&dev, &q, &d_x, None, bias_arg, &mut y, mode);
-        let got = download(&dev, &y);
-        let mut exact = 0;
-        for t in 0..tokens {
-            for r in 0..n {
-                let (xr, wr) = (&x[t * k..][..k], &q.values[r * k..][..k]);
-                let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let abs: f64 = xr
-                    .iter()
-                    .zip(wr)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
-                let v = (dot + if with_bias { bias[r] as f64 } else { 0.0 }) as f32;
-                let (want, flip) = match mode {
-                    Accumulate::AddToOutput => {
-                        (round_bf16(y0[t * n + r] + round_bf16(v)), bf16_ulp(v))
-                    }
-                    _ => (round_bf16(v), 0.0),
-                };
-                let tol = 2.0 * bf16_ulp(want) + flip + 2.0 * (abs * 2f64.powi(-20)) as f32;
-                let got = got[t * n + r];
-                assert!(
+        for kernel in kernels(format, mode, tokens, k) {
+            let x = activations(&mut g, tokens * k, 1.0);
+            let bias: Vec<f32> = (0..n).map(|_| round_bf16(0.1 * normal(&mut g))).collect();
+            let y0 = activations(&mut g, tokens * n, 1.0);
+            let mut y = match mode {
+                Accumulate::AddToOutput => upload(&dev, &to_bf16(&y0)),
+                _ => upload(&dev, &vec![Bf16::NAN; tokens * n]),
+            };
+            let d_bias = upload(&dev, &bias);
+            let bias_arg = with_bias.then_some(&d_bias as &dyn DevicePtr<f32>);
+            let d_x = upload(&dev, &to_bf16(&x));
+            run(&dev, &q, &d_x, None, bias_arg, &mut y, mode, kernel);
+            let got = download(&dev, &y);
+            let mut exact = 0;
+            for t in 0..tokens {
+                for r in 0..n {
+                    let (xr, wr) = (&x[t * k..][..k], &q.values[r * k..][..k]);
+                    let (dot, abs) = common::dot_f64(xr, wr);
+                    let v = (dot + if with_bias { bias[r] as f64 } else { 0.0 }) as f32;
+                    let (want, flip) = match mode {
+                        Accumulate::AddToOutput => {
+                            (round_bf16(y0[t * n + r] + round_bf16(v)), bf16_ulp(v))
+                        }
+                        _ => (round_bf16(v), 0.0),
+                    };
+                    let tol = 2.0 * bf16_ulp(want) + flip + 2.0 * (abs * 2f64.powi(-20)) as f32;
+                    let got = got[t * n + r];
+                    assert!(
                     (got - want).abs() <= tol,
-                    "{format:?} in {k} out {n} tokens {tokens} {mode:?}: [{t}, {r}] got {got} want {want}"
+                    "{format:?} {kernel:?} in {k} out {n} tokens {tokens} {mode:?}: [{t}, {r}] got {got} want {want}"
                 );
-                exact += (got == want) as usize;
+                    exact += (got == want) as usize;
+                }
             }
-        }
-        assert!(
+            assert!(
             exact * 10 >= tokens * n * 9,
-            "{format:?} in {k} out {n}: only {exact} of {} bit-equal to the rounded reference",
+            "{format:?} {kernel:?} in {k} out {n}: only {exact} of {} bit-equal to the rounded reference",
             tokens * n
         );
+        }
     }
 }
 
@@ -268,35 +280,52 @@ fn quant_gemv_fused_modes_match_the_bf16_gemv_on_the_same_weights() {
     {
         let q = exact(&dev, &mut g, format, n, k);
         let w_bf16 = upload(&dev, &to_bf16(&q.values));
-        let x = upload(&dev, &to_bf16(&activations(&mut g, tokens * k, 1.0)));
-        let norm_w: Vec<f32> = (0..k).map(|_| 1.0 + 0.5 * normal(&mut g)).collect();
-        let d_norm = upload(&dev, &norm_w);
-        let norm = with_norm.then_some(GemvNorm {
-            weight: &d_norm,
-            eps: 1e-6,
-        });
-        let out = if mode == Accumulate::SwiGlu { n / 2 } else { n };
-        let y0 = to_bf16(&activations(&mut g, tokens * out, 1.0));
-        let (mut y_q, mut y_b) = (upload(&dev, &y0), upload(&dev, &y0));
-        run(&dev, &q, &x, norm, None, &mut y_q, mode);
-        gemv_bf16_fused(&dev, &x, norm, &w_bf16, None, k, &mut y_b, mode).unwrap();
-        let (got, want) = (download(&dev, &y_q), download(&dev, &y_b));
-        let mut exact = 0;
-        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-            // the same products summed in another grouping: a rounding step apart at most, twice
-            // through SwiGLU's three roundings
-            let tol = 3.0 * bf16_ulp(b) + 1e-6;
-            assert!(
+        for kernel in kernels(format, mode, tokens, k) {
+            let x = upload(&dev, &to_bf16(&activations(&mut g, tokens * k, 1.0)));
+            let norm_w: Vec<f32> = (0..k).map(|_| 1.0 + 0.5 * normal(&mut g)).collect();
+            let d_norm = upload(&dev, &norm_w);
+            let norm = with_norm.then_some(GemvNorm {
+                weight: &d_norm,
+                eps: 1e-6,
+            });
+            let out = if mode == Accumulate::SwiGlu { n / 2 } else { n };
+            let y0 = to_bf16(&activations(&mut g, tokens * out, 1.0));
+            let (mut y_q, mut y_b) = (upload(&dev, &y0), upload(&dev, &y0));
+            run(&dev, &q, &x, norm, None, &mut y_q, mode, kernel);
+            gemv_bf16_fused(&dev, &x, norm, &w_bf16, None, k, &mut y_b, mode).unwrap();
+            let (got, want) = (download(&dev, &y_q), download(&dev, &y_b));
+            // SwiGLU's inputs (bf16(g), bf16(u) of each output), for its error bound
+            let gate_up = (mode == Accumulate::SwiGlu).then(|| {
+                let mut gu = upload(&dev, &vec![Bf16::NAN; tokens * n]);
+                let over = Accumulate::Overwrite;
+                gemv_bf16_fused(&dev, &x, norm, &w_bf16, None, k, &mut gu, over).unwrap();
+                download(&dev, &gu)
+            });
+            let mut exact = 0;
+            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                // the same products summed in another grouping: a rounding step apart at most; through
+                // SwiGLU, g or u one bf16 step apart moves silu(g) * u by up to |silu'(g) u| ulp(g) +
+                // |silu(g)| ulp(u) (silu' reaches ~1.1, and its relative slope is steep for g < 0)
+                let swiglu = gate_up.as_ref().map_or(0.0, |gu| {
+                    let (t, r) = (i / out, i % out);
+                    let (gv, uv) = (gu[t * n + r], gu[t * n + out + r]);
+                    let sig = 1.0 / (1.0 + (-gv).exp());
+                    let slope = sig * (1.0 + gv * (1.0 - sig));
+                    (slope * uv).abs() * bf16_ulp(gv) + (gv * sig).abs() * bf16_ulp(uv)
+                });
+                let tol = 3.0 * bf16_ulp(b) + 1.5 * swiglu + 1e-6;
+                assert!(
                 (a - b).abs() <= tol,
-                "{format:?} in {k} rows {n} tokens {tokens} norm {with_norm} {mode:?}: [{i}] {a} vs bf16 {b}"
+                "{format:?} {kernel:?} in {k} rows {n} tokens {tokens} norm {with_norm} {mode:?}: [{i}] {a} vs bf16 {b}"
             );
-            exact += (a == b) as usize;
+                exact += (a == b) as usize;
+            }
+            assert!(
+                exact * 10 >= got.len() * 9,
+                "{format:?} {kernel:?} in {k} rows {n} {mode:?}: only {exact} of {} bit-equal",
+                got.len()
+            );
         }
-        assert!(
-            exact * 10 >= got.len() * 9,
-            "{format:?} in {k} rows {n} {mode:?}: only {exact} of {} bit-equal",
-            got.len()
-        );
     }
 }
 
@@ -358,34 +387,27 @@ fn real_tensors_dequantize_and_multiply_as_the_cpu() {
         dequant_rows(&dev, &q.w, all, &mut out).unwrap();
         let want: Vec<f32> = q.values.iter().map(|&v| round_bf16(v)).collect();
         assert_eq!(download(&dev, &out), want, "{} ({format:?})", info.name);
-        for tokens in [1, 3] {
+        let overwrite = Accumulate::Overwrite;
+        for (tokens, kernel) in [1, 3].into_iter().flat_map(|t| {
+            kernels(format, overwrite, t, k)
+                .into_iter()
+                .map(move |kn| (t, kn))
+        }) {
             let x = activations(&mut g, tokens * k, 1.0);
             let mut y = upload(&dev, &vec![Bf16::NAN; tokens * rows]);
-            run(
-                &dev,
-                &q,
-                &upload(&dev, &to_bf16(&x)),
-                None,
-                None,
-                &mut y,
-                Accumulate::Overwrite,
-            );
+            let d_x = upload(&dev, &to_bf16(&x));
+            run(&dev, &q, &d_x, None, None, &mut y, overwrite, kernel);
             let got = download(&dev, &y);
             for t in 0..tokens {
                 for r in 0..rows {
                     let (xr, wr) = (&x[t * k..][..k], &q.values[r * k..][..k]);
-                    let dot: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    let abs: f64 = xr
-                        .iter()
-                        .zip(wr)
-                        .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                        .sum();
+                    let (dot, abs) = common::dot_f64(xr, wr);
                     let want = round_bf16(dot as f32);
                     let tol = 2.0 * bf16_ulp(want) + 2.0 * (abs * 2f64.powi(-20)) as f32;
                     let v = got[t * rows + r];
                     assert!(
                         (v - want).abs() <= tol,
-                        "{} [{t}, {r}]: {v} vs {want}",
+                        "{} {kernel:?} [{t}, {r}]: {v} vs {want}",
                         info.name
                     );
                 }
@@ -438,14 +460,25 @@ fn timing() {
         // one format's weights at a time (lm_head's values are 1.5 GB on the host)
         for format in QuantFormat::ALL {
             let q = exact(&dev, &mut g, format, n, k);
-            let t = time(&mut || run(&dev, &q, &x, None, None, &mut y, mode));
             // the bytes the kernel streams: Q8_0 8.5 bits a weight, Q4_0 4.5, Q5_0 5.5, Q4_K 4.625
             // (the file's 4.5 with its 6-bit sub-block scales unpacked to bytes), Q6_K 6.5625
             let bits = q.w.bytes() as f64 * 8.0 / (n * k) as f64;
-            line += &format!(
-                " {format:?} {t:.1} us ({:.0} GB/s, {bits:.3} b/w),",
-                gbs(q.w.bytes(), t)
-            );
+            line += &format!(" {format:?} ({bits:.3} b/w)");
+            // the tensor-core kernel at its own K-split, then at each (to tune the choice)
+            let mut all = kernels(format, mode, 1, k);
+            if all.len() > 1 {
+                all.extend([1, 2, 4].map(|ks| QuantGemvKernel::Mma { k_split: Some(ks) }));
+            }
+            for kernel in all {
+                let t = time(&mut || run(&dev, &q, &x, None, None, &mut y, mode, kernel));
+                let label = match kernel {
+                    QuantGemvKernel::Mma { k_split: Some(ks) } => format!("mma/{ks}"),
+                    QuantGemvKernel::Mma { k_split: None } => "mma".into(),
+                    _ => "tiled".into(),
+                };
+                line += &format!(" {label} {t:.1} us ({:.0} GB/s)", gbs(q.w.bytes(), t));
+            }
+            line += ",";
             w_bf16.get_or_insert_with(|| upload(&dev, &to_bf16(&q.values)));
         }
         let w_bf16 = w_bf16.unwrap();

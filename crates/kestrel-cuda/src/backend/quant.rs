@@ -16,7 +16,7 @@ use crate::ops::dequant::{dequant_rows, RowSelect};
 use crate::ops::gemm::{gemm_bf16_columns, GemmOutput};
 use crate::ops::gemv::{Accumulate, GemvNorm};
 use crate::ops::gemv_dp4a::Activations;
-use crate::ops::gemv_quant::{gemv_quant_columns, OutColumns};
+use crate::ops::gemv_quant::{gemv_quant_columns, OutColumns, QuantGemvKernel};
 use crate::ops::quant_layout::QuantWeights;
 use crate::ops::shape_error;
 use crate::ops::silu_mul::silu_mul;
@@ -125,7 +125,7 @@ impl CudaBackend {
                 &mut y.data,
                 out,
                 mode,
-                activations,
+                QuantGemvKernel::Auto(activations),
             )
             .map_err(be)?;
             first += w.rows;

@@ -15,14 +15,14 @@
 //! - f32 scores, softmax (running max, `expf`) and P.V accumulation; the output is rounded to bf16
 //!   once.
 
-use cudarc::driver::sys::{CUdeviceptr, CUfunction_attribute_enum};
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::{expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
+use super::{allow_dynamic_smem, expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
 use crate::compile::{ATTENTION_DECODE, ATTENTION_DECODE_QK, ATTENTION_PREFILL};
 use crate::dtype::Bf16;
 use crate::ops::qk_norm_rope_kv::QkNormRopeInputs;
-use crate::{CudaDevice, CudaError, Result};
+use crate::{CudaDevice, Result};
 
 /// The attention layer's geometry and the paged cache's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -439,15 +439,7 @@ fn run<U: DevicePtr<u32>>(
         let name = prefill_name;
         let smem = prefill_smem_bytes(head_dim);
         if smem > DEFAULT_SMEM {
-            dev.function(&ATTENTION_PREFILL, name)?
-                .set_attribute(
-                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )
-                .map_err(|source| CudaError::Launch {
-                    kernel: name,
-                    source,
-                })?;
+            allow_dynamic_smem(dev, &ATTENTION_PREFILL, name, smem)?;
         }
         let cfg = LaunchConfig {
             grid_dim: (
@@ -504,17 +496,8 @@ fn run<U: DevicePtr<u32>>(
         ));
     }
     if decode_smem > DEFAULT_SMEM {
-        // always the same cap (the launch asks for what it needs): threads sharing the function
-        // never lower it under each other's launch
-        dev.function(kernel, name)?
-            .set_attribute(
-                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                MAX_SMEM as i32,
-            )
-            .map_err(|source| CudaError::Launch {
-                kernel: name,
-                source,
-            })?;
+        // always the same cap (the launch asks for what it needs)
+        allow_dynamic_smem(dev, kernel, name, MAX_SMEM)?;
     }
     let decode_smem = decode_smem as u32;
     let cfg = LaunchConfig {

@@ -8,6 +8,7 @@ use super::gemv::{
     auto_k_split, check_epilogue, optional_ptr, Accumulate, GemvNorm, TiledLaunch, TILED_MAX_TOKENS,
 };
 use super::gemv_dp4a::{dp4a_smem, use_dp4a, Activations};
+use super::gemv_mma::{launch_mma, mma_applies, use_mma};
 use super::quant_layout::QuantWeights;
 use super::{expect_aligned16, shape_error, to_i32, Arg};
 use crate::compile::{GEMV_DP4A, GEMV_QUANT};
@@ -25,8 +26,8 @@ pub fn gemv_quant(
     y: &mut impl DevicePtrMut<Bf16>,
     mode: Accumulate,
 ) -> Result<()> {
-    let bf16 = Activations::Bf16;
-    gemv_quant_columns(dev, w, x, norm, bias, y, OutColumns::All, mode, bf16)
+    let auto = QuantGemvKernel::Auto(Activations::Bf16);
+    gemv_quant_columns(dev, w, x, norm, bias, y, OutColumns::All, mode, auto)
 }
 
 /// Where a GEMV's outputs go in `y`.
@@ -39,8 +40,19 @@ pub enum OutColumns {
     Slice { first: usize, width: usize },
 }
 
-/// [`gemv_quant`] into the columns `out` of a wider `y`; with [`Activations::Int8Allowed`], through the
-/// integer-dot-product kernel where [`use_dp4a`] picks it.
+/// Which kernel a quantized decode GEMV runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantGemvKernel {
+    /// Chosen by format and shape: the integer-dot-product kernel where [`use_dp4a`] picks it for
+    /// these activations, else the tensor-core kernel where [`use_mma`] does, else the tiled one.
+    Auto(Activations),
+    /// gemv_quant.cu: blocks decoded to f32 in registers.
+    Tiled,
+    /// gemv_mma.cu with this K-split (None: its own choice); tests compare it with the tiled kernel.
+    Mma { k_split: Option<usize> },
+}
+
+/// [`gemv_quant`] into the columns `out` of a wider `y`, through `kernel` (the backend: `Auto`).
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_quant_columns(
     dev: &CudaDevice,
@@ -51,7 +63,7 @@ pub fn gemv_quant_columns(
     y: &mut impl DevicePtrMut<Bf16>,
     out: OutColumns,
     mode: Accumulate,
-    activations: Activations,
+    kernel: QuantGemvKernel,
 ) -> Result<()> {
     const OP: &str = "gemv_quant";
     let (format, in_features, out_features) = (w.format, w.in_features, w.rows);
@@ -118,11 +130,41 @@ pub fn gemv_quant_columns(
         Arg::Ptr(bp),
         Arg::Ptr(np),
         Arg::F32(norm.map_or(0.0, |n| n.eps)),
+    ]);
+    let tail = [
         Arg::I32(to_i32(OP, "in_features", in_features)?),
         Arg::I32(to_i32(OP, "out_features", out_rows)?),
         Arg::I32(mode.kernel_mode()),
-    ]);
-    let dp4a = use_dp4a(format, activations, tokens, in_features);
+    ];
+    let (dp4a, mma) = match kernel {
+        QuantGemvKernel::Auto(activations) => {
+            let dp4a = use_dp4a(format, activations, tokens, in_features);
+            (
+                dp4a,
+                !dp4a && use_mma(format, mode, tokens, (in_features, out_rows)),
+            )
+        }
+        QuantGemvKernel::Tiled => (false, false),
+        QuantGemvKernel::Mma { .. } => (false, true),
+    };
+    if mma {
+        if !mma_applies(format, mode, tokens, in_features) {
+            return Err(shape_error(
+                OP,
+                format!("no tensor-core GEMV for {format:?} with {tokens} tokens of {in_features}"),
+            ));
+        }
+        let k_split = match kernel {
+            QuantGemvKernel::Mma { k_split } => k_split,
+            _ => None,
+        };
+        args.push(Arg::I32(tokens as i32));
+        args.extend(tail);
+        let ldy = to_i32(OP, "y width", width)?;
+        let shape = (tokens, in_features, out_rows);
+        return launch_mma(dev, format, mode, norm.is_some(), shape, k_split, ldy, args);
+    }
+    args.extend(tail);
     let (kernel, name, extra_smem) = match format.dp4a_kernel(tokens, norm.is_some()) {
         Some(name) if dp4a => (&GEMV_DP4A, name, dp4a_smem(tokens, in_features)),
         _ => (&GEMV_QUANT, format.gemv_kernel(tokens, norm.is_some()), 0),

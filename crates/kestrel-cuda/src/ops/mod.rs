@@ -10,6 +10,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod gemv;
 pub mod gemv_dp4a;
+pub mod gemv_mma;
 pub mod gemv_quant;
 pub mod norm;
 pub mod qk_norm_rope_kv;
@@ -22,6 +23,24 @@ use cudarc::driver::{sys::CUdeviceptr, LaunchConfig, PushKernelArg};
 
 use crate::compile::Kernel;
 use crate::{CudaDevice, CudaError, Result};
+
+/// Lets kernel `name` launch with up to `cap` bytes of dynamic shared memory, past the 48 KB a block gets
+/// without opting in. Call it with the same cap for a kernel every time: threads sharing the function
+/// then never lower it under each other's launch.
+pub(crate) fn allow_dynamic_smem(
+    dev: &CudaDevice,
+    kernel: &Kernel,
+    name: &'static str,
+    cap: usize,
+) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    dev.function(kernel, name)?
+        .set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cap as i32)
+        .map_err(|source| CudaError::Launch {
+            kernel: name,
+            source,
+        })
+}
 
 /// A kernel argument, by value.
 #[derive(Clone, Copy, Debug)]

@@ -7,6 +7,14 @@ pub mod model_run;
 use std::fmt::Display;
 use std::path::PathBuf;
 
+/// `x · w` in f64, and the sum of the products' magnitudes (what bounds an f32 sum's rounding error).
+pub fn dot_f64(x: &[f32], w: &[f32]) -> (f64, f64) {
+    x.iter().zip(w).fold((0.0, 0.0), |(dot, abs), (&a, &b)| {
+        let p = a as f64 * b as f64;
+        (dot + p, abs + p.abs())
+    })
+}
+
 /// The outcome of opening GPU 0 as a test wants it: `Some` when there is one; `None` (with a line
 /// saying the test skips) when there is none, unless KESTREL_REQUIRE_GPU=1 makes that a failure.
 pub fn open_or_skip<T, E: Display>(opened: Result<Option<T>, E>) -> Option<T> {
