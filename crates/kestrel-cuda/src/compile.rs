@@ -4,9 +4,7 @@
 //! Invariants:
 //! - Kernels are compiled without `--use_fast_math` (the numerics contract: accurate `expf`, `sincosf`,
 //!   IEEE division and square roots), as C++17, with the CUDA headers (cuda_bf16.h ...) on the include
-//!   path and the shared headers (`common.cuh`, `gemv_tiled.cuh`, `attention_decode.cuh`,
-//!   `attention_decode_kv.cuh`, `attention_decode_merge.cuh`, `sampling.cuh`, `sampling_flat.cuh`) given to NVRTC
-//!   in memory.
+//!   path and the shared headers (kernels/*.cuh, listed in HEADERS) given to NVRTC in memory.
 //! - A cache entry's name is the SHA-256 of everything that decides its bytes: the kernel source, the
 //!   shared headers, the architecture, the options (include path included) and NVRTC's version. Entries
 //!   are written to a temporary file and renamed, so a reader never sees half an entry.
@@ -101,6 +99,7 @@ pub(crate) const HEADERS: &[(&str, &str)] = &[
         "attention_decode_merge.cuh",
         include_str!("../kernels/attention_decode_merge.cuh"),
     ),
+    ("gemv_mma.cuh", include_str!("../kernels/gemv_mma.cuh")),
     ("sampling.cuh", include_str!("../kernels/sampling.cuh")),
     (
         "sampling_flat.cuh",
