@@ -19,14 +19,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use kestrel::backend::Backend;
-use kestrel::engine::engine::{Engine, EngineConfig};
+use kestrel::engine::engine::Engine;
 use kestrel::engine::generate::BLOCK_SIZE;
 use kestrel::engine::request::Prompt;
 use kestrel::engine::sampling::SamplingParams;
-use kestrel::engine::scheduler::SchedulerConfig;
 use serde_json::json;
 
 use crate::common::Ready;
+use crate::engine_args::EngineArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct ThroughputArgs {
@@ -56,16 +56,8 @@ pub struct ThroughputArgs {
     /// --sweep: concurrencies, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     pub sweep_concurrency: Vec<usize>,
-    /// Most sequences running at once
-    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
-    pub max_num_seqs: usize,
-    /// Most tokens in one forward pass (prefill chunks plus decodes)
-    #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
-    pub max_num_batched_tokens: usize,
-    /// Tokens of KV cache [default: what --gpu-memory-utilization leaves on a GPU; on the CPU
-    /// what the workload needs, at most 4 GiB]
-    #[arg(long, allow_negative_numbers = true)]
-    pub kv_tokens: Option<usize>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 impl ThroughputArgs {
@@ -91,12 +83,7 @@ impl ThroughputArgs {
             !self.sweep_concurrency.is_empty() && !self.sweep_concurrency.contains(&0),
             "--sweep-concurrency: every value must be at least 1",
         )?;
-        flag(self.max_num_seqs > 0, "--max-num-seqs: must be at least 1")?;
-        flag(
-            self.max_num_batched_tokens >= self.max_num_seqs,
-            "--max-num-batched-tokens: must be at least --max-num-seqs",
-        )?;
-        flag(self.kv_tokens != Some(0), "--kv-tokens: must be at least 1")
+        self.engine.check()
     }
 }
 
@@ -185,33 +172,12 @@ pub fn run<B: Backend>(
         })
         .max()
         .unwrap_or(1);
-    let cpu_cap = (4usize << 30) / (c.num_layers * c.num_kv_heads * c.head_dim * 2 * 4).max(1);
-    let tokens = match (t.kv_tokens, kv_tokens) {
-        (Some(k), Some(fits)) => {
-            anyhow::ensure!(
-                k <= fits,
-                "invalid value for --kv-tokens: {k} tokens don't fit the GPU, which holds {fits}"
-            );
-            k
-        }
-        (Some(k), None) => k,
-        (None, Some(fits)) => fits,
-        (None, None) => needed.min(cpu_cap).max(longest),
-    };
+    let tokens = t.engine.kv_tokens(kv_tokens, c, (needed, longest))?;
     anyhow::ensure!(
         tokens >= longest,
         "the KV cache holds {tokens} tokens but one request needs {longest}: raise --kv-tokens"
     );
-    let cfg = EngineConfig {
-        scheduler: SchedulerConfig {
-            max_num_seqs: t.max_num_seqs,
-            max_num_batched_tokens: t.max_num_batched_tokens,
-            block_size: BLOCK_SIZE,
-            num_blocks: tokens / BLOCK_SIZE,
-            chunked_prefill: true,
-        },
-        max_model_len: None,
-    };
+    let cfg = t.engine.config(tokens, None);
     let model_name = crate::common::model_label(&loaded);
     let backend_name = backend.name();
     let mut engine = Engine::from_loaded(backend, loaded, cfg).context("setting up the engine")?;
@@ -233,7 +199,7 @@ pub fn run<B: Backend>(
         .map(|r| r.prompt.len())
         .max()
         .unwrap_or(16)
-        .clamp(16, t.max_num_batched_tokens.max(16));
+        .clamp(16, t.engine.max_num_batched_tokens.max(16));
     engine.generate([(Prompt::Tokens(vec![1; 16]), params(4))])?;
     engine.generate([(Prompt::Tokens(vec![1; longest_prompt]), params(2))])?;
 

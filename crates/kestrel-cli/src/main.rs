@@ -4,10 +4,12 @@ mod bench;
 mod bench_throughput;
 mod chat;
 mod common;
+mod engine_args;
 mod inspect;
 mod perplexity;
 mod quantize;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -24,7 +26,8 @@ Examples:\n  kestrel run --model Qwen/Qwen3-0.6B \"Why is the sky blue?\"\n  \
 kestrel chat --model ~/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf\n  \
 kestrel bench --model model.gguf -p 512 -n 128\n  kestrel inspect model.gguf\n  \
 kestrel quantize Qwen/Qwen3-0.6B qwen3-0.6b-q4_k_m.gguf --type q4_k_m\n  \
-kestrel run --model Qwen/Qwen3-0.6B --quant q8_0 \"Hello\""
+kestrel run --model Qwen/Qwen3-0.6B --quant q8_0 \"Hello\"\n  \
+kestrel serve --model Qwen/Qwen3-0.6B --port 8080"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +47,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A text's perplexity under the model, llama-perplexity's method (-f FILE, -c chunk size)
     Perplexity(perplexity::PerplexityArgs),
+    /// Serve the model over HTTP with OpenAI's API (chat completions, completions, models), with
+    /// continuous batching
+    Serve(serve::ServeArgs),
     /// Write an HF safetensors checkpoint as a Q8_0, Q4_0 or Q4_K_M GGUF file (llama.cpp's type per
     /// tensor) that Kestrel and llama.cpp load
     Quantize(quantize::QuantizeArgs),
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Perplexity(a) => perplexity::perplexity_cmd(a),
         Command::Quantize(a) => quantize::quantize(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,30 +75,39 @@ impl EngineHandle {
         B: Backend + 'static,
         F: FnOnce() -> Result<Engine<B>> + Send + 'static,
     {
-        let (commands, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("kestrel-engine".into())
             .spawn(move || match make() {
                 Ok(engine) => {
-                    let _ = ready_tx.send(Ok(engine.tokenizer().clone()));
-                    serve(engine, rx);
+                    let (handle, engine_loop) = EngineHandle::with_loop(engine);
+                    let _ = ready_tx.send(Ok(handle));
+                    engine_loop.run();
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
             })
             .map_err(|e| KestrelError::Engine(format!("starting the engine thread: {e}")))?;
-        let tokenizer = ready_rx
+        ready_rx
             .recv()
-            .map_err(|_| KestrelError::Engine("the engine thread died while starting".into()))??;
-        Ok(EngineHandle {
+            .map_err(|_| KestrelError::Engine("the engine thread died while starting".into()))?
+    }
+
+    /// A handle to `engine` and the loop that serves it, for a caller that runs the loop on a thread
+    /// of its own choosing (the server: the GPU backend stays on the thread that created it, while the
+    /// HTTP runtime has its own threads). The loop returns once every handle is dropped and no request
+    /// is left.
+    pub fn with_loop<B: Backend>(engine: Engine<B>) -> (EngineHandle, EngineLoop<B>) {
+        let (commands, rx) = mpsc::channel();
+        let handle = EngineHandle {
             shared: Arc::new(Shared {
                 commands,
                 next_id: AtomicU64::new(0),
-                tokenizer,
+                tokenizer: engine.tokenizer().clone(),
             }),
-        })
+        };
+        (handle, EngineLoop { engine, rx })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -185,6 +194,19 @@ impl Iterator for RequestStream {
         }
         let item = self.rx.blocking_recv();
         self.track(item)
+    }
+}
+
+/// The engine's loop, run by whoever holds it ([`EngineHandle::with_loop`]).
+pub struct EngineLoop<B: Backend> {
+    engine: Engine<B>,
+    rx: mpsc::Receiver<Command>,
+}
+
+impl<B: Backend> EngineLoop<B> {
+    /// Serves requests until every handle is dropped and no request is left.
+    pub fn run(self) {
+        serve(self.engine, self.rx);
     }
 }
 

@@ -1,0 +1,167 @@
+//! `POST /v1/completions`: a raw prompt (text, or token ids) continued by the engine, returned whole
+//! or streamed.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kestrel::engine::request::{Output, Prompt, RequestOutput};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::params::{max_tokens, Sampling, StreamOptions};
+use crate::request_body::{no_unknown, parse};
+use crate::stream::{collect, finish_reason, sse, usage};
+use crate::{unix_time, AppState};
+
+/// OpenAI's `prompt`: a string, token ids, or a list of one of either (one prompt per request here).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptField,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// OpenAI's default for this endpoint is 16.
+    pub max_tokens: Option<i64>,
+    pub echo: Option<bool>,
+    pub logprobs: Option<i64>,
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Map<String, Value>,
+}
+
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+fn one_prompt(p: PromptField) -> Result<Prompt, ApiError> {
+    let one = |n: usize| {
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                "prompt",
+                "this server takes one prompt per request",
+            ))
+        }
+    };
+    let prompt = match p {
+        PromptField::Text(t) => Prompt::Text(t),
+        PromptField::Tokens(ids) => Prompt::Tokens(ids),
+        PromptField::Texts(mut v) => {
+            one(v.len())?;
+            Prompt::Text(v.remove(0))
+        }
+        PromptField::TokenLists(mut v) => {
+            one(v.len())?;
+            Prompt::Tokens(v.remove(0))
+        }
+    };
+    match &prompt {
+        Prompt::Text(t) if t.is_empty() => {
+            Err(ApiError::invalid("prompt", "prompt must not be empty"))
+        }
+        Prompt::Tokens(ids) if ids.is_empty() => {
+            Err(ApiError::invalid("prompt", "prompt must not be empty"))
+        }
+        _ => Ok(prompt),
+    }
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, sampling): (CompletionRequest, Sampling) = parse(body)?;
+    no_unknown(&req.unknown)?;
+    state.check_model(&req.model)?;
+    if req.logprobs.is_some() {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "logprobs are not supported yet by this server",
+        ));
+    }
+    if req.echo == Some(true) {
+        return Err(ApiError::invalid(
+            "echo",
+            "echo is not supported by this server",
+        ));
+    }
+    let prompt = one_prompt(req.prompt)?;
+    if let Prompt::Tokens(ids) = &prompt {
+        let vocab = state.engine.tokenizer().vocab_size() as u32;
+        if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary (size {vocab})"),
+            ));
+        }
+    }
+    let max = max_tokens(req.max_tokens, None, DEFAULT_MAX_TOKENS)?;
+    let params = sampling.to_params(max)?;
+    let stream = state.engine.add_request(prompt, params)?;
+    let id = state.response_id("cmpl");
+    let model = req.model;
+    if !req.stream {
+        let outs = collect(stream).await?;
+        let mut all = Output::new(0);
+        outs.iter().for_each(|o| all.push(o));
+        return Ok(Json(json!({
+            "id": id,
+            "object": "text_completion",
+            "created": unix_time(),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "text": all.text,
+                "finish_reason": all.finish_reason.map(finish_reason),
+                "logprobs": null,
+            }],
+            "usage": usage(all.prompt_tokens, all.completion_tokens),
+        }))
+        .into_response());
+    }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let created = unix_time();
+    let chunk = move |o: &RequestOutput| {
+        let mut out = Vec::new();
+        if !o.text.is_empty() || o.finish_reason.is_some() {
+            out.push(json!({
+                "id": id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "text": o.text,
+                    "finish_reason": o.finish_reason.map(finish_reason),
+                    "logprobs": null,
+                }],
+            }));
+        }
+        if o.finish_reason.is_some() && include_usage {
+            out.push(json!({
+                "id": id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage(o.prompt_tokens, o.completion_tokens),
+            }));
+        }
+        out
+    };
+    Ok(sse(stream, chunk))
+}

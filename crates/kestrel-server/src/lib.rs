@@ -1,0 +1,171 @@
+//! Kestrel's OpenAI-compatible HTTP server over the engine (DESIGN.md rule 4: it talks to the engine
+//! through an [`EngineHandle`], never to the model).
+//!
+//! Routes: `POST /v1/chat/completions` (the model's chat template, streamed as server-sent events or
+//! whole, Qwen3's `<think>` output as `reasoning_content`), `POST /v1/completions` (text or token ids),
+//! `GET /v1/models`, `GET /health`. Errors have OpenAI's JSON shape and status ([`error`]). A client
+//! that disconnects drops its request stream, which aborts the request and frees its KV blocks.
+
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod params;
+pub mod reasoning;
+mod request_body;
+mod stream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kestrel::engine::handle::EngineHandle;
+use kestrel::tokenizer::ChatTemplate;
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// What the server is started with.
+pub struct ServerConfig {
+    /// The name clients use in `model` (and `GET /v1/models` lists).
+    pub model_name: String,
+    /// Requests must carry `Authorization: Bearer KEY` when set.
+    pub api_key: Option<String>,
+    /// `enable_thinking` for chat requests that don't set it (`--no-think`: false; None: the
+    /// template's own default).
+    pub default_thinking: Option<bool>,
+    /// The largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// `max_tokens` of requests that don't set it.
+    pub default_max_tokens: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model_name: "kestrel".into(),
+            api_key: None,
+            default_thinking: None,
+            max_body_bytes: 4 << 20,
+            default_max_tokens: 1024,
+        }
+    }
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub chat_template: Option<ChatTemplate>,
+    pub config: ServerConfig,
+    /// Whether the vocabulary has Qwen3's `<think>` tag (then chat outputs are split).
+    pub thinking_tags: bool,
+    next_id: AtomicU64,
+    created: u64,
+}
+
+impl AppState {
+    pub fn new(
+        engine: EngineHandle,
+        chat_template: Option<ChatTemplate>,
+        config: ServerConfig,
+    ) -> Self {
+        let thinking_tags = engine.tokenizer().token_to_id("<think>").is_some();
+        AppState {
+            engine,
+            chat_template,
+            config,
+            thinking_tags,
+            next_id: AtomicU64::new(1),
+            created: unix_time(),
+        }
+    }
+
+    /// A fresh response id with `prefix` (chatcmpl, cmpl).
+    pub(crate) fn response_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{:x}{:08x}",
+            self.created,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub(crate) fn check_model(&self, asked: &str) -> Result<(), ApiError> {
+        if asked == self.config.model_name {
+            Ok(())
+        } else {
+            Err(ApiError::unknown_model(asked, &self.config.model_name))
+        }
+    }
+}
+
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The server's routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(api)
+        .route("/health", get(health))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health() -> impl IntoResponse {
+    (StatusCode::OK, Json(json!({"status": "ok"})))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.config.model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "kestrel",
+        }],
+    }))
+}
+
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::unknown_route(req.method().as_str(), req.uri().path())
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; in-flight responses (streams included)
+/// finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

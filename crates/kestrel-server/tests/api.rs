@@ -1,0 +1,340 @@
+//! The server's routes on the tiny random-weight Qwen3 (CPU), called in process (tower's oneshot):
+//! responses against the engine run directly on the same prompt (the chat template rendered by the
+//! library), streamed against whole, and every error case with its status, type and field.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use kestrel::backend::cpu::CpuBackend;
+use kestrel::engine::engine::{Engine, EngineConfig};
+use kestrel::engine::handle::EngineHandle;
+use kestrel::engine::loaded::LoadedModel;
+use kestrel::engine::request::Prompt;
+use kestrel::engine::sampling::SamplingParams;
+use kestrel::engine::scheduler::SchedulerConfig;
+use kestrel::tokenizer::ChatTemplate;
+use kestrel_server::{router, AppState, ServerConfig};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/tiny-qwen3");
+const KEY: &str = "sk-test-key";
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        scheduler: SchedulerConfig {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 64,
+            block_size: 16,
+            num_blocks: 64,
+            chunked_prefill: true,
+        },
+        max_model_len: None,
+    }
+}
+
+fn template() -> ChatTemplate {
+    ChatTemplate::from_tokenizer_config(&std::path::Path::new(TINY).join("tokenizer_config.json"))
+        .unwrap()
+}
+
+fn app(max_body_bytes: usize) -> Router {
+    let handle = EngineHandle::spawn(|| {
+        let backend = CpuBackend::new();
+        let loaded = LoadedModel::load(TINY, &backend)?;
+        Engine::from_loaded(backend, loaded, engine_config())
+    })
+    .unwrap();
+    let config = ServerConfig {
+        model_name: "tiny".into(),
+        api_key: Some(KEY.into()),
+        max_body_bytes,
+        ..ServerConfig::default()
+    };
+    router(Arc::new(AppState::new(handle, Some(template()), config)))
+}
+
+/// The engine's own greedy answer to `prompt` (no server in between).
+fn direct(prompt: Prompt, max_tokens: usize) -> (String, usize, usize) {
+    let backend = CpuBackend::new();
+    let loaded = LoadedModel::load(TINY, &backend).unwrap();
+    let mut e = Engine::from_loaded(backend, loaded, engine_config()).unwrap();
+    let params = SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let out = e.generate([(prompt, params)]).unwrap().remove(0);
+    (out.text, out.prompt_tokens, out.completion_tokens)
+}
+
+struct Reply {
+    status: StatusCode,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    /// The `data:` payloads of an SSE body, `[DONE]` last.
+    fn events(&self) -> Vec<String> {
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_string)
+            .collect()
+    }
+    fn error(&self, status: StatusCode, kind: &str, param: Option<&str>) {
+        assert_eq!(self.status, status, "{}", self.body);
+        let e = &self.json()["error"];
+        assert_eq!(e["type"], kind, "{}", self.body);
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            self.body
+        );
+        if let Some(p) = param {
+            assert_eq!(e["param"], p, "{}", self.body);
+        }
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    body: impl Into<Body>,
+    key: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn post(app: &Router, path: &str, body: Value) -> Reply {
+    call(app, "POST", path, body.to_string(), Some(KEY)).await
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({
+        "model": "tiny",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Name a prime "}, {"type": "text", "text": "number."}]},
+        ],
+        "max_tokens": 12,
+        "temperature": 0,
+        "ignore_eos": true,
+        "stream": stream,
+        "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_answers_as_the_engine_does_whole_and_streamed() {
+    let app = app(1 << 20);
+    let messages = json!([
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a prime number."},
+    ]);
+    let prompt = template().render(&messages, None, true, None).unwrap();
+    let (want, prompt_tokens, completion_tokens) = direct(Prompt::Text(prompt), 12);
+
+    let whole = post(&app, "/v1/chat/completions", chat_body(false)).await;
+    assert_eq!(whole.status, StatusCode::OK, "{}", whole.body);
+    let v = whole.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "tiny");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(choice["message"]["role"], "assistant");
+    let reasoning = choice["message"]["reasoning_content"]
+        .as_str()
+        .unwrap_or("");
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], completion_tokens);
+    assert_eq!(
+        v["usage"]["total_tokens"],
+        prompt_tokens + completion_tokens
+    );
+    // the split takes out only the tags and the newlines around them
+    if reasoning.is_empty() {
+        assert_eq!(content, want);
+    } else {
+        assert!(
+            want.contains(reasoning) && want.ends_with(content),
+            "{want:?}"
+        );
+    }
+
+    let streamed = post(&app, "/v1/chat/completions", chat_body(true)).await;
+    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.body);
+    let events = streamed.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let (mut r, mut c, mut finish) = (String::new(), String::new(), None);
+    for ch in &chunks {
+        assert_eq!(ch["object"], "chat.completion.chunk");
+        assert_eq!(ch["id"], chunks[0]["id"], "one id per stream");
+        if let Some(choice) = ch["choices"].get(0) {
+            r += choice["delta"]["reasoning_content"].as_str().unwrap_or("");
+            c += choice["delta"]["content"].as_str().unwrap_or("");
+            if let Some(f) = choice["finish_reason"].as_str() {
+                assert!(finish.is_none(), "one finish reason");
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    assert_eq!(
+        (r.as_str(), c.as_str()),
+        (reasoning, content),
+        "streamed = whole"
+    );
+    assert_eq!(finish.as_deref(), Some("length"));
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], completion_tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_of_text_and_token_ids() {
+    let app = app(1 << 20);
+    let (want, _, n) = direct(Prompt::Text("The quick brown fox".into()), 9);
+    let body = json!({"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 9, "ignore_eos": true});
+    let whole = post(&app, "/v1/completions", body.clone()).await;
+    assert_eq!(whole.status, StatusCode::OK, "{}", whole.body);
+    let v = whole.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], want.as_str());
+    assert_eq!(v["usage"]["completion_tokens"], n);
+
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let streamed = post(&app, "/v1/completions", sbody).await;
+    let events = streamed.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(text, want);
+
+    let ids = vec![11u32, 300, 42, 7, 99];
+    let (want_ids, _, _) = direct(Prompt::Tokens(ids.clone()), 5);
+    let body = json!({"model": "tiny", "prompt": ids, "max_tokens": 5, "ignore_eos": true});
+    let v = post(&app, "/v1/completions", body).await.json();
+    assert_eq!(v["choices"][0]["text"], want_ids.as_str());
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_health_and_every_error() {
+    let app = app(64 * 1024);
+    let h = call(&app, "GET", "/health", Body::empty(), None).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let m = call(&app, "GET", "/v1/models", Body::empty(), Some(KEY)).await;
+    assert_eq!(m.json()["data"][0]["id"], "tiny");
+
+    let chat = "/v1/chat/completions";
+    let bad = StatusCode::BAD_REQUEST;
+    let invalid = "invalid_request_error";
+    call(&app, "GET", "/v1/models", Body::empty(), None)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "authentication_error", None);
+    call(
+        &app,
+        "POST",
+        chat,
+        chat_body(false).to_string(),
+        Some("sk-wrong"),
+    )
+    .await
+    .error(StatusCode::UNAUTHORIZED, "authentication_error", None);
+    call(&app, "GET", "/v1/nothing", Body::empty(), Some(KEY))
+        .await
+        .error(StatusCode::NOT_FOUND, invalid, None);
+    call(&app, "POST", chat, "{\"model\": \"tiny\", ", Some(KEY))
+        .await
+        .error(bad, invalid, None);
+    call(&app, "POST", chat, vec![0xFFu8, 0xFE, b'{'], Some(KEY))
+        .await
+        .error(bad, invalid, None);
+    let big = format!(
+        "{{\"model\": \"tiny\", \"prompt\": \"{}\"}}",
+        "a".repeat(100 * 1024)
+    );
+    call(&app, "POST", "/v1/completions", big, Some(KEY))
+        .await
+        .error(StatusCode::PAYLOAD_TOO_LARGE, invalid, None);
+
+    let with = |k: &str, v: Value| {
+        let mut b = chat_body(false);
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (
+            with("model", json!("gpt-4")),
+            StatusCode::NOT_FOUND,
+            "model",
+        ),
+        (with("temperature", json!("hot")), bad, "temperature"),
+        (with("temperature", json!(7.5)), bad, "temperature"),
+        (with("max_tokens", json!(-3)), bad, "max_tokens"),
+        (
+            with("max_completion_tokens", json!(0)),
+            bad,
+            "max_completion_tokens",
+        ),
+        (with("top_p", json!(0)), bad, "top_p"),
+        (with("n", json!(2)), bad, "n"),
+        (with("stop", json!(["a", "b", "c", "d", "e"])), bad, "stop"),
+        (with("messages", json!([])), bad, "messages"),
+        (
+            with("messages", json!([{"role": "wizard", "content": "hi"}])),
+            bad,
+            "messages[0].role",
+        ),
+        (
+            with("messages", json!([{"role": "user", "content": 5}])),
+            bad,
+            "messages[0].content",
+        ),
+        (with("frobnicate", json!(true)), bad, "frobnicate"),
+        (with("max_tokens", json!(100_000)), bad, ""),
+    ];
+    for (body, status, param) in cases {
+        let r = post(&app, chat, body.clone()).await;
+        r.error(status, invalid, (!param.is_empty()).then_some(param));
+    }
+    // the server still serves after all that
+    assert_eq!(
+        post(&app, chat, chat_body(false)).await.status,
+        StatusCode::OK
+    );
+}
