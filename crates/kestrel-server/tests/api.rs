@@ -42,18 +42,22 @@ fn template() -> ChatTemplate {
 }
 
 fn app(max_body_bytes: usize) -> Router {
+    app_with(|c| c.max_body_bytes = max_body_bytes)
+}
+
+fn app_with(tweak: impl FnOnce(&mut ServerConfig)) -> Router {
     let handle = EngineHandle::spawn(|| {
         let backend = CpuBackend::new();
         let loaded = LoadedModel::load(TINY, &backend)?;
         Engine::from_loaded(backend, loaded, engine_config())
     })
     .unwrap();
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         model_name: "tiny".into(),
         api_key: Some(KEY.into()),
-        max_body_bytes,
         ..ServerConfig::default()
     };
+    tweak(&mut config);
     router(Arc::new(AppState::new(handle, Some(template()), config)))
 }
 
@@ -312,7 +316,8 @@ async fn models_health_and_every_error() {
             "max_completion_tokens",
         ),
         (with("top_p", json!(0)), bad, "top_p"),
-        (with("n", json!(2)), bad, "n"),
+        (with("n", json!(0)), bad, "n"),
+        (with("n", json!(17)), bad, "n"),
         (with("stop", json!(["a", "b", "c", "d", "e"])), bad, "stop"),
         (with("messages", json!([])), bad, "messages"),
         (
@@ -337,4 +342,148 @@ async fn models_health_and_every_error() {
         post(&app, chat, chat_body(false)).await.status,
         StatusCode::OK
     );
+}
+
+/// The value of a Prometheus sample line `name value`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_tokens_and_latencies() {
+    let app = app(1 << 20);
+    for stream in [false, true] {
+        assert_eq!(
+            post(&app, "/v1/chat/completions", chat_body(stream))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let body = json!({"model": "tiny", "prompt": "Hi", "max_tokens": 5, "ignore_eos": true});
+    assert_eq!(
+        post(&app, "/v1/completions", body).await.status,
+        StatusCode::OK
+    );
+    let mut bad = chat_body(false);
+    bad["temperature"] = json!(9);
+    assert_eq!(
+        post(&app, "/v1/chat/completions", bad).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let m = call(&app, "GET", "/metrics", Body::empty(), None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    let t = &m.body;
+    assert_eq!(
+        sample(
+            t,
+            "kestrel_requests_total{endpoint=\"chat_completions\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            t,
+            "kestrel_requests_total{endpoint=\"chat_completions\",status=\"400\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            t,
+            "kestrel_requests_total{endpoint=\"completions\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(t, "kestrel_generation_tokens_total"),
+        (12 + 12 + 5) as f64
+    );
+    assert!(sample(t, "kestrel_prompt_tokens_total") > 0.0);
+    assert_eq!(sample(t, "kestrel_time_to_first_token_seconds_count"), 3.0);
+    assert_eq!(
+        sample(t, "kestrel_time_per_output_token_seconds_count"),
+        3.0
+    );
+    assert_eq!(sample(t, "kestrel_requests_in_flight"), 0.0);
+    assert_eq!(sample(t, "kestrel_kv_blocks_total"), 64.0);
+    assert_eq!(sample(t, "kestrel_num_requests_waiting"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_request_limit_the_answer_is_503() {
+    let app = app_with(|c| c.max_in_flight = 0);
+    let r = post(&app, "/v1/chat/completions", chat_body(false)).await;
+    r.error(StatusCode::SERVICE_UNAVAILABLE, "server_error", None);
+    let m = call(&app, "GET", "/v1/models", Body::empty(), Some(KEY)).await;
+    assert_eq!(
+        m.status,
+        StatusCode::OK,
+        "non-generation routes still answer"
+    );
+    let t = call(&app, "GET", "/metrics", Body::empty(), None)
+        .await
+        .body;
+    assert_eq!(
+        sample(&t, "kestrel_requests_in_flight"),
+        0.0,
+        "the refused request gave its slot back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_seeded_whole_and_streamed() {
+    let app = app(1 << 20);
+    let mut body = chat_body(false);
+    body["n"] = json!(3);
+    body["temperature"] = json!(1.0);
+    body["seed"] = json!(11);
+    let whole = post(&app, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(whole.status, StatusCode::OK, "{}", whole.body);
+    let v = whole.json();
+    let texts: Vec<String> = (0..3)
+        .map(|i| {
+            let c = &v["choices"][i];
+            assert_eq!(c["index"], i);
+            let m = &c["message"];
+            format!(
+                "{}{}",
+                m["reasoning_content"].as_str().unwrap_or(""),
+                m["content"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "seeds + i give different samples: {texts:?}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 36);
+    // the same request again: the same three samples (seeded), also streamed, each choice in order
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let events = post(&app, "/v1/chat/completions", body).await.events();
+    let mut got = vec![String::new(); 3];
+    let mut finished = 0;
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        if let Some(ch) = c["choices"].get(0) {
+            let i = ch["index"].as_u64().unwrap() as usize;
+            got[i] += ch["delta"]["reasoning_content"].as_str().unwrap_or("");
+            got[i] += ch["delta"]["content"].as_str().unwrap_or("");
+            finished += ch["finish_reason"].is_string() as usize;
+        } else {
+            assert_eq!(
+                c["usage"]["completion_tokens"], 36,
+                "one usage chunk, after every choice"
+            );
+        }
+    }
+    assert_eq!(finished, 3);
+    assert_eq!(got, texts);
+    let body = json!({"model": "tiny", "prompt": "Hi", "max_tokens": 4, "n": 2, "temperature": 1.0, "seed": 5});
+    let v = post(&app, "/v1/completions", body).await.json();
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
 }

@@ -9,3 +9,4 @@ mod errors_files;
 mod errors_flags;
 mod happy;
 mod quantize;
+mod serve;

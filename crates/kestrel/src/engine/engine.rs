@@ -136,6 +136,14 @@ impl<B: Backend> Engine<B> {
         self.scheduler.block_manager().num_blocks()
     }
 
+    /// Sequences admitted (holding KV blocks), and those queued for admission.
+    pub fn num_running_waiting(&self) -> (usize, usize) {
+        (
+            self.scheduler.running().count(),
+            self.scheduler.num_waiting(),
+        )
+    }
+
     /// Requests not yet finished (or finished with outputs not yet returned by `step`).
     pub fn has_unfinished(&self) -> bool {
         !self.requests.is_empty() || !self.pending.is_empty()

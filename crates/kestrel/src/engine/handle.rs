@@ -16,6 +16,7 @@ use std::sync::{mpsc, Arc};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::engine::Engine;
+use super::gauges::{EngineGauges, Gauges};
 use super::request::{Output, Prompt, RequestId, RequestOutput};
 use super::sampling::SamplingParams;
 use crate::backend::Backend;
@@ -52,6 +53,7 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     next_id: AtomicU64,
     tokenizer: Tokenizer,
+    gauges: Arc<EngineGauges>,
 }
 
 /// Clone + Send + Sync: every clone talks to the same engine thread.
@@ -100,18 +102,26 @@ impl EngineHandle {
     /// is left.
     pub fn with_loop<B: Backend>(engine: Engine<B>) -> (EngineHandle, EngineLoop<B>) {
         let (commands, rx) = mpsc::channel();
+        let gauges = Arc::new(EngineGauges::default());
+        gauges.publish(&engine);
         let handle = EngineHandle {
             shared: Arc::new(Shared {
                 commands,
                 next_id: AtomicU64::new(0),
                 tokenizer: engine.tokenizer().clone(),
+                gauges: gauges.clone(),
             }),
         };
-        (handle, EngineLoop { engine, rx })
+        (handle, EngineLoop { engine, rx, gauges })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.shared.tokenizer
+    }
+
+    /// The engine's state as of its last step.
+    pub fn gauges(&self) -> Gauges {
+        self.shared.gauges.read()
     }
 
     /// Queues a request; never blocks on the engine. Bad parameters and text that does not tokenize
@@ -201,17 +211,22 @@ impl Iterator for RequestStream {
 pub struct EngineLoop<B: Backend> {
     engine: Engine<B>,
     rx: mpsc::Receiver<Command>,
+    gauges: Arc<EngineGauges>,
 }
 
 impl<B: Backend> EngineLoop<B> {
     /// Serves requests until every handle is dropped and no request is left.
     pub fn run(self) {
-        serve(self.engine, self.rx);
+        serve(self.engine, self.rx, &self.gauges);
     }
 }
 
 /// The engine thread's loop.
-fn serve<B: Backend>(mut engine: Engine<B>, commands: mpsc::Receiver<Command>) {
+fn serve<B: Backend>(
+    mut engine: Engine<B>,
+    commands: mpsc::Receiver<Command>,
+    gauges: &EngineGauges,
+) {
     let mut streams: HashMap<RequestId, UnboundedSender<StreamItem>> = HashMap::new();
     let mut connected = true;
     loop {
@@ -243,7 +258,9 @@ fn serve<B: Backend>(mut engine: Engine<B>, commands: mpsc::Receiver<Command>) {
             streams.remove(&id);
             engine.abort(id);
         }
-        match engine.step() {
+        let stepped = engine.step();
+        gauges.publish(&engine);
+        match stepped {
             Ok(outputs) => {
                 for o in outputs {
                     let last = o.finish_reason.is_some();

@@ -4,6 +4,7 @@ pub mod block_manager;
 // DESIGN.md's layout names the file after the concept; the module name repeating its parent is deliberate.
 #[allow(clippy::module_inception)]
 pub mod engine;
+pub mod gauges;
 pub mod generate;
 pub mod handle;
 pub mod loaded;

@@ -219,6 +219,10 @@ impl Scheduler {
         self.running.iter().map(|e| &e.seq)
     }
 
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Ids in queue order (front first).
     pub fn waiting_ids(&self) -> Vec<u64> {
         self.waiting.iter().map(|e| e.seq.id).collect()

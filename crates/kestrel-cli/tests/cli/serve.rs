@@ -1,0 +1,122 @@
+#![cfg(unix)]
+//! `kestrel serve` end to end: the binary on the tiny model (CPU) on a free port, called by the
+//! official `openai` Python client (scripts/openai_client_test.py: chat and completions whole and
+//! streamed, thinking on and off, the error cases, 64 concurrent streams, a slow client and one that
+//! leaves mid-stream), then stopped by SIGTERM, which must end it cleanly.
+//! The client comes from scripts/fetch-assets.sh (pip --target $KESTREL_CACHE/py); without it the test
+//! skips with a message, except under CI=true.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::{tiny_dir, ROOT};
+
+fn python_site() -> PathBuf {
+    match std::env::var_os("KESTREL_CACHE") {
+        Some(c) => PathBuf::from(c).join("py"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kestrel/py")
+        }
+    }
+}
+
+fn openai_available(site: &PathBuf) -> bool {
+    Command::new("python3")
+        .args(["-c", "import openai"])
+        .env("PYTHONPATH", site)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn serve_answers_the_openai_client_and_stops_on_sigterm() {
+    let site = python_site();
+    if !openai_available(&site) {
+        let msg = format!(
+            "the openai Python package is not in {} (run scripts/fetch-assets.sh)",
+            site.display()
+        );
+        assert!(std::env::var("CI").is_err(), "{msg}");
+        eprintln!("skipping: {msg}");
+        return;
+    }
+    let tiny = tiny_dir();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args([
+            "serve",
+            "-m",
+            tiny.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+        ])
+        .args(["--api-key", "sk-test", "--served-model-name", "tiny"])
+        .env("HF_HUB_OFFLINE", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning kestrel serve");
+    // the startup line names the address the system gave --port 0
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = server.kill();
+                panic!("kestrel serve printed no address within 60 s")
+            });
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break format!("http://{}", rest.split_whitespace().next().unwrap());
+        }
+    };
+    let client = Command::new("python3")
+        .arg(PathBuf::from(ROOT).join("scripts/openai_client_test.py"))
+        .args([url.as_str(), "sk-test", "tiny"])
+        .env("PYTHONPATH", &site)
+        .output()
+        .expect("running python3");
+    // SIGTERM: in-flight responses finish, then the process exits 0
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(server.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let stop = Instant::now();
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        if stop.elapsed() > Duration::from_secs(30) {
+            let _ = server.kill();
+            panic!("kestrel serve did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = String::from_utf8_lossy(&client.stdout);
+    let err = String::from_utf8_lossy(&client.stderr);
+    assert!(
+        client.status.success(),
+        "the openai client checks failed:\n{out}\n{err}"
+    );
+    assert!(out.contains("all checks passed"), "{out}\n{err}");
+    assert!(
+        status.success(),
+        "kestrel serve exited with {status} after SIGTERM"
+    );
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.contains("panicked") || l.starts_with("error")),
+        "kestrel serve's stderr: {rest:?}"
+    );
+}
