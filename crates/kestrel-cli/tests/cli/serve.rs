@@ -2,11 +2,13 @@
 //! `kestrel serve` end to end: the binary on the tiny model (CPU) on a free port, called by the
 //! official `openai` Python client (scripts/openai_client_test.py: chat and completions whole and
 //! streamed, thinking on and off, the error cases, 64 concurrent streams, a slow client and one that
-//! leaves mid-stream), then stopped by SIGTERM, which must end it cleanly.
+//! leaves mid-stream) twice, with the server's memory the same after the second round; then SIGTERM
+//! while a stream is in flight: the stream completes and the process exits 0.
 //! The client comes from scripts/fetch-assets.sh (pip --target $KESTREL_CACHE/py); without it the test
 //! skips with a message, except under CI=true.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +22,16 @@ fn python_site() -> PathBuf {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kestrel/py")
         }
     }
+}
+
+/// The resident memory of process `pid` (KiB), from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn openai_available(site: &PathBuf) -> bool {
@@ -79,17 +91,48 @@ fn serve_answers_the_openai_client_and_stops_on_sigterm() {
             break format!("http://{}", rest.split_whitespace().next().unwrap());
         }
     };
-    let client = Command::new("python3")
-        .arg(PathBuf::from(ROOT).join("scripts/openai_client_test.py"))
-        .args([url.as_str(), "sk-test", "tiny"])
-        .env("PYTHONPATH", &site)
-        .output()
-        .expect("running python3");
-    // SIGTERM: in-flight responses finish, then the process exits 0
+    let run_client = || {
+        Command::new("python3")
+            .arg(PathBuf::from(ROOT).join("scripts/openai_client_test.py"))
+            .args([url.as_str(), "sk-test", "tiny"])
+            .env("PYTHONPATH", &site)
+            .output()
+            .expect("running python3")
+    };
+    // twice: the second run (64 more streams, the bad clients again) must leave memory where the
+    // first left it (no request leaks its state)
+    let client = run_client();
+    let after_first = rss_kib(server.id());
+    let second = if client.status.success() {
+        Some(run_client())
+    } else {
+        None
+    };
+    let after_second = rss_kib(server.id());
+    // SIGTERM while a long stream is in flight: it finishes, then the process exits 0
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_string();
+    let mut long = TcpStream::connect(&addr).expect("connecting for the last stream");
+    let body = r#"{"model": "tiny", "prompt": "Once", "max_tokens": 300, "ignore_eos": true, "stream": true}"#;
+    write!(
+        long,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer sk-test\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    let n = long.read(&mut first).expect("the stream's first bytes");
+    assert!(n > 0);
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(server.id() as libc::pid_t, libc::SIGTERM);
     }
+    let mut rest = String::new();
+    long.read_to_string(&mut rest)
+        .expect("the rest of the stream");
     let stop = Instant::now();
     let status = loop {
         if let Some(s) = server.try_wait().unwrap() {
@@ -101,13 +144,30 @@ fn serve_answers_the_openai_client_and_stops_on_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let out = String::from_utf8_lossy(&client.stdout);
-    let err = String::from_utf8_lossy(&client.stderr);
+    for c in std::iter::once(&client).chain(second.as_ref()) {
+        let out = String::from_utf8_lossy(&c.stdout);
+        let err = String::from_utf8_lossy(&c.stderr);
+        assert!(
+            c.status.success(),
+            "the openai client checks failed:\n{out}\n{err}"
+        );
+        assert!(out.contains("all checks passed"), "{out}\n{err}");
+    }
     assert!(
-        client.status.success(),
-        "the openai client checks failed:\n{out}\n{err}"
+        after_second <= after_first + after_first / 10 + 8 * 1024,
+        "the server's memory grew from {after_first} KiB to {after_second} KiB over a second round"
     );
-    assert!(out.contains("all checks passed"), "{out}\n{err}");
+    assert!(
+        rest.contains("data: [DONE]"), // then the chunked encoding's last (empty) chunk
+        "the stream in flight at SIGTERM was cut (server: {status}): ...{}\nserver stderr: {:?}",
+        &rest[rest.len().saturating_sub(300)..],
+        rx.try_iter().collect::<Vec<_>>()
+    );
+    let finished = rest.matches("\"finish_reason\":\"length\"").count();
+    assert_eq!(
+        finished, 1,
+        "the stream in flight at SIGTERM ran to its 300 tokens"
+    );
     assert!(
         status.success(),
         "kestrel serve exited with {status} after SIGTERM"
