@@ -174,6 +174,28 @@ left = raw({"model": model, "messages": msgs, "max_tokens": 400, "stream": True,
 check(left.startswith("HTTP/1.1 200"), f"client leaving mid-stream: {left[:200]}")
 ids = [m.id for m in client.models.list()]
 check(ids == [model], "the server serves after the load and the bad clients")
+
+
+def metric(name):
+    root = base[: -len("/v1")] if base.endswith("/v1") else base
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    text = b""
+    while chunk := s.recv(65536):
+        text += chunk
+    s.close()
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    sys.exit(f"openai_client_test: FAILED: no {name} in /metrics of {root}")
+
+
+# the client that left mid-stream was aborted: no sequence left running, its KV blocks free again
+deadline = time.time() + 10
+while (metric("kestrel_num_requests_running") or metric("kestrel_kv_blocks_used")) and time.time() < deadline:
+    time.sleep(0.1)
+check(metric("kestrel_num_requests_running") == 0, "a sequence still runs after every client is done")
+check(metric("kestrel_kv_blocks_used") == 0, "KV blocks still in use after every client is done")
 again = chat(msgs, temperature=0, max_tokens=12, extra_body={"ignore_eos": True})
 check(again.usage.completion_tokens == 12, "a request after the bad clients")
 print("openai_client_test: all checks passed")
