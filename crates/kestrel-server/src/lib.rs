@@ -46,7 +46,8 @@ pub struct ServerConfig {
     pub default_thinking: Option<bool>,
     /// The largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
-    /// `max_tokens` of requests that don't set it.
+    /// `max_tokens` of chat requests that don't set it (the engine cuts it to the context the prompt
+    /// leaves: the default, `usize::MAX`, means all of it, as OpenAI and vLLM do).
     pub default_max_tokens: usize,
     /// Generation requests served at once (queued in the engine or running); more get 503.
     pub max_in_flight: usize,
@@ -59,7 +60,7 @@ impl Default for ServerConfig {
             api_key: None,
             default_thinking: None,
             max_body_bytes: 4 << 20,
-            default_max_tokens: 1024,
+            default_max_tokens: usize::MAX,
             max_in_flight: 1024,
         }
     }

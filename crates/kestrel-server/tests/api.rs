@@ -32,7 +32,8 @@ fn engine_config() -> EngineConfig {
             num_blocks: 64,
             chunked_prefill: true,
         },
-        max_model_len: None,
+        // a context that the KV cache holds whole: a request without max_tokens may fill it
+        max_model_len: Some(512),
     }
 }
 
@@ -331,7 +332,6 @@ async fn models_health_and_every_error() {
             "messages[0].content",
         ),
         (with("frobnicate", json!(true)), bad, "frobnicate"),
-        (with("max_tokens", json!(100_000)), bad, ""),
     ];
     for (body, status, param) in cases {
         let r = post(&app, chat, body.clone()).await;
@@ -486,4 +486,18 @@ async fn n_choices_seeded_whole_and_streamed() {
     let v = post(&app, "/v1/completions", body).await.json();
     assert_eq!(v["choices"].as_array().unwrap().len(), 2);
     assert_eq!(v["usage"]["completion_tokens"], 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_max_tokens_a_chat_may_fill_the_context() {
+    let app = app(1 << 20);
+    let mut body = chat_body(false);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let v = post(&app, "/v1/chat/completions", body).await.json();
+    let u = &v["usage"];
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(
+        u["total_tokens"], 512,
+        "prompt + completion = the context: {u}"
+    );
 }
