@@ -489,15 +489,19 @@ async fn n_choices_seeded_whole_and_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_max_tokens_a_chat_may_fill_the_context() {
+async fn without_max_tokens_or_past_the_context_a_chat_fills_it() {
     let app = app(1 << 20);
-    let mut body = chat_body(false);
-    body.as_object_mut().unwrap().remove("max_tokens");
-    let v = post(&app, "/v1/chat/completions", body).await.json();
-    let u = &v["usage"];
-    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
-    assert_eq!(
-        u["total_tokens"], 512,
-        "prompt + completion = the context: {u}"
-    );
+    let mut absent = chat_body(false);
+    absent.as_object_mut().unwrap().remove("max_tokens");
+    let mut past = chat_body(false);
+    past["max_tokens"] = json!(100_000);
+    for body in [absent, past] {
+        let v = post(&app, "/v1/chat/completions", body).await.json();
+        let u = &v["usage"];
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{u}");
+        assert_eq!(
+            u["total_tokens"], 512,
+            "prompt + completion = the context: {u}"
+        );
+    }
 }
