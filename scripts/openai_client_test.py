@@ -81,6 +81,15 @@ second = chat(round_trip, tools=tools, temperature=0, max_tokens=8)
 check(second.choices[0].message.role == "assistant" and second.usage.prompt_tokens > first.usage.prompt_tokens,
       f"tool result round trip: {second}")
 
+# logprobs
+lp = chat(msgs, temperature=0, max_tokens=5, logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+content = lp.choices[0].logprobs.content
+check(len(content) == 5 and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in content), f"logprobs: {content}")
+check(all(e.logprob == e.top_logprobs[0].logprob for e in content), "greedy tokens are the most likely")
+clp = client.completions.create(model=model, prompt="Once", max_tokens=4, logprobs=1, temperature=0,
+                                extra_body={"ignore_eos": True}).choices[0].logprobs
+check(len(clp.tokens) == 4 and len(clp.token_logprobs) == 4, f"completion logprobs: {clp}")
+
 # n choices
 many = chat(msgs, n=3, temperature=1.0, seed=3, max_tokens=6)
 check([c.index for c in many.choices] == [0, 1, 2] and many.usage.completion_tokens <= 18, f"n=3: {many}")

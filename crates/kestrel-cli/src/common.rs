@@ -305,6 +305,7 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             stop_token_ids: vec![],
             ignore_eos: self.ignore_eos,
+            logprobs: None,
         };
         match p.validate() {
             Err(KestrelError::InvalidParameter { name, msg }) => {

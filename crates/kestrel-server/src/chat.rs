@@ -120,12 +120,24 @@ pub async fn chat_completions(
     let (req, sampling): (ChatRequest, Sampling) = parse(body)?;
     no_unknown(&req.unknown)?;
     state.check_model(&req.model)?;
-    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
-        return Err(ApiError::invalid(
-            "logprobs",
-            "logprobs are not supported yet by this server",
-        ));
-    }
+    // logprobs: true reports each token's log-probability, top_logprobs (0..=20) alternatives
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            ))
+        }
+        (false, None) => None,
+        (true, None) => Some(0),
+        (true, Some(n)) if (0..=20).contains(&n) => Some(n as usize),
+        (true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs must be in 0..=20",
+            ))
+        }
+    };
     let template = state.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template: use /v1/completions with a prompt")
     })?;
@@ -145,7 +157,8 @@ pub async fn chat_completions(
         req.max_completion_tokens,
         state.config.default_max_tokens,
     )?;
-    let params = sampling.to_params(max)?;
+    let mut params = sampling.to_params(max)?;
+    params.logprobs = logprobs;
     let n = sampling.choices()?;
     let tracker = state.metrics.admit()?;
     let streams = state.engine_requests(Prompt::Text(prompt), &params, n)?;
@@ -157,10 +170,12 @@ pub async fn chat_completions(
     let (model, created) = (req.model.clone(), unix_time());
     if !req.stream {
         let outs = collect(streams, tracker).await?;
-        let whole = whole_response(&id, &model, created, &outs, parser);
+        let tok = state.engine.tokenizer();
+        let whole = whole_response(&id, &model, created, &outs, parser, tok);
         return Ok(Json(whole).into_response());
     }
     let mut chunks = ChunkMaker {
+        tokenizer: state.engine.tokenizer().clone(),
         choices: (0..n).map(parser).collect(),
         started: vec![false; n],
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),

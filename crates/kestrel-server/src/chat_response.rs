@@ -5,6 +5,9 @@ use kestrel::engine::generate::FinishReason;
 use kestrel::engine::request::{Output, RequestOutput};
 use serde_json::{json, Value};
 
+use kestrel::tokenizer::Tokenizer;
+
+use crate::logprobs;
 use crate::reasoning::{Parts, ReasoningSplit};
 use crate::stream::{finish_reason, usage};
 use crate::tool_calls::ToolCallSplit;
@@ -63,6 +66,7 @@ pub(crate) fn whole_response(
     created: u64,
     choices: &[Vec<RequestOutput>],
     mut parser: impl FnMut(usize) -> ChoiceParser,
+    tok: &Tokenizer,
 ) -> Value {
     let (mut prompt, mut completion) = (0, 0);
     let mut out = Vec::new();
@@ -96,11 +100,16 @@ pub(crate) fn whole_response(
             }
             message["tool_calls"] = json!(calls);
         }
+        let lp = if all.logprobs.is_empty() {
+            Value::Null
+        } else {
+            logprobs::chat(tok, &all.logprobs)
+        };
         out.push(json!({
             "index": i,
             "message": message,
             "finish_reason": p.finish(all.finish_reason),
-            "logprobs": null,
+            "logprobs": lp,
         }));
     }
     json!({
@@ -117,6 +126,7 @@ pub(crate) fn whole_response(
 /// deltas, then an empty delta with the finish reason; after every choice's end
 /// (stream_options.include_usage) the usage with no choices.
 pub(crate) struct ChunkMaker {
+    pub tokenizer: Tokenizer,
     pub id: String,
     pub model: String,
     pub created: u64,
@@ -154,6 +164,16 @@ impl ChunkMaker {
         for c in calls {
             out.push(self.chunk(i, json!({"tool_calls": [c]}), None));
         }
+        if !o.logprobs.is_empty() {
+            // on this output's last delta, or a delta of its own
+            if out.is_empty() {
+                out.push(self.chunk(i, json!({}), None));
+            }
+            let lp = logprobs::chat(&self.tokenizer, &o.logprobs);
+            if let Some(last) = out.last_mut() {
+                last["choices"][0]["logprobs"] = lp;
+            }
+        }
         if o.finish_reason.is_some() {
             let f = self.choices[i].finish(o.finish_reason);
             out.push(self.chunk(i, json!({}), f));
@@ -189,8 +209,17 @@ mod tests {
                 finish_reason: (i + 1 == texts.len()).then_some(finish),
                 prompt_tokens: 7,
                 completion_tokens: i + 1,
+                logprobs: Vec::new(),
             })
             .collect()
+    }
+
+    fn tokenizer() -> Tokenizer {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/tiny-qwen3/tokenizer.json"
+        );
+        Tokenizer::from_file(std::path::Path::new(dir)).unwrap()
     }
 
     fn parser(tools: bool) -> ChoiceParser {
@@ -202,6 +231,7 @@ mod tests {
         tools: bool,
     ) -> (String, String, Vec<Value>, Option<String>) {
         let mut m = ChunkMaker {
+            tokenizer: tokenizer(),
             id: "c".into(),
             model: "m".into(),
             created: 0,
@@ -235,7 +265,14 @@ mod tests {
             "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
         ];
         let outs = outputs(&texts, FinishReason::Stop);
-        let whole = whole_response("c", "m", 0, std::slice::from_ref(&outs), |_| parser(true));
+        let whole = whole_response(
+            "c",
+            "m",
+            0,
+            std::slice::from_ref(&outs),
+            |_| parser(true),
+            &tokenizer(),
+        );
         let choice = &whole["choices"][0];
         assert_eq!(choice["finish_reason"], "tool_calls");
         let msg = &choice["message"];
@@ -261,7 +298,14 @@ mod tests {
     fn without_tools_the_blocks_are_text() {
         let text = "<tool_call>{\"name\": \"f\"}</tool_call>";
         let outs = outputs(&[text], FinishReason::Length);
-        let whole = whole_response("c", "m", 0, std::slice::from_ref(&outs), |_| parser(false));
+        let whole = whole_response(
+            "c",
+            "m",
+            0,
+            std::slice::from_ref(&outs),
+            |_| parser(false),
+            &tokenizer(),
+        );
         assert_eq!(whole["choices"][0]["message"]["content"], text);
         assert_eq!(whole["choices"][0]["finish_reason"], "length");
         let (_, c, calls, _) = streamed(&outs, false);
@@ -272,7 +316,7 @@ mod tests {
     fn choices_are_indexed_and_usage_summed() {
         let a = outputs(&["x", "y"], FinishReason::Length);
         let b = outputs(&["z"], FinishReason::Stop);
-        let whole = whole_response("c", "m", 0, &[a, b], |_| parser(false));
+        let whole = whole_response("c", "m", 0, &[a, b], |_| parser(false), &tokenizer());
         assert_eq!(whole["choices"][1]["index"], 1);
         assert_eq!(whole["choices"][1]["message"]["content"], "z");
         assert_eq!(whole["usage"]["prompt_tokens"], 7);

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
+use crate::logprobs;
 use crate::params::{max_tokens, Sampling, StreamOptions};
 use crate::request_body::{no_unknown, parse};
 use crate::stream::{collect, finish_reason, sse, usage};
@@ -87,12 +88,12 @@ pub async fn completions(
     let (req, sampling): (CompletionRequest, Sampling) = parse(body)?;
     no_unknown(&req.unknown)?;
     state.check_model(&req.model)?;
-    if req.logprobs.is_some() {
-        return Err(ApiError::invalid(
-            "logprobs",
-            "logprobs are not supported yet by this server",
-        ));
-    }
+    // logprobs: n reports each token's log-probability with n alternatives (OpenAI allows 0..=5)
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(n) if (0..=20).contains(&n) => Some(n as usize),
+        Some(_) => return Err(ApiError::invalid("logprobs", "logprobs must be in 0..=20")),
+    };
     if req.echo == Some(true) {
         return Err(ApiError::invalid(
             "echo",
@@ -110,7 +111,8 @@ pub async fn completions(
         }
     }
     let max = max_tokens(req.max_tokens, None, DEFAULT_MAX_TOKENS)?;
-    let params = sampling.to_params(max)?;
+    let mut params = sampling.to_params(max)?;
+    params.logprobs = logprobs;
     let n = sampling.choices()?;
     let tracker = state.metrics.admit()?;
     let streams = state.engine_requests(prompt, &params, n)?;
@@ -123,6 +125,7 @@ pub async fn completions(
     };
     if !req.stream {
         let outs = collect(streams, tracker).await?;
+        let tok = state.engine.tokenizer();
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let choices: Vec<Value> = outs
             .iter()
@@ -132,7 +135,11 @@ pub async fn completions(
                 outs.iter().for_each(|o| all.push(o));
                 prompt_tokens = all.prompt_tokens;
                 completion_tokens += all.completion_tokens;
-                json!({"index": i, "text": all.text, "finish_reason": all.finish_reason.map(finish_reason), "logprobs": null})
+                let lp = match logprobs {
+                    Some(_) => logprobs::completion(tok, &all.logprobs, &mut 0),
+                    None => Value::Null,
+                };
+                json!({"index": i, "text": all.text, "finish_reason": all.finish_reason.map(finish_reason), "logprobs": lp})
             })
             .collect();
         let mut whole = with(base, json!(choices));
@@ -142,10 +149,16 @@ pub async fn completions(
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     // (prompt tokens, completion tokens of the choices done, choices done)
     let mut done = (0, 0, 0);
+    let tok = state.engine.tokenizer().clone();
+    let mut offsets = vec![0usize; n];
     let chunk = move |i: usize, o: &RequestOutput| {
         let mut out = Vec::new();
-        if !o.text.is_empty() || o.finish_reason.is_some() {
-            let choice = json!([{"index": i, "text": o.text, "finish_reason": o.finish_reason.map(finish_reason), "logprobs": null}]);
+        if !o.text.is_empty() || o.finish_reason.is_some() || !o.logprobs.is_empty() {
+            let lp = match logprobs {
+                Some(_) => logprobs::completion(&tok, &o.logprobs, &mut offsets[i]),
+                None => Value::Null,
+            };
+            let choice = json!([{"index": i, "text": o.text, "finish_reason": o.finish_reason.map(finish_reason), "logprobs": lp}]);
             out.push(with(base.clone(), choice));
         }
         if o.finish_reason.is_some() {

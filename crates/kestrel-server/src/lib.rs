@@ -10,6 +10,7 @@ pub mod chat;
 mod chat_response;
 pub mod completions;
 pub mod error;
+mod logprobs;
 pub mod metrics;
 pub mod params;
 pub mod reasoning;

@@ -332,6 +332,8 @@ async fn models_health_and_every_error() {
             "messages[0].content",
         ),
         (with("frobnicate", json!(true)), bad, "frobnicate"),
+        (with("top_logprobs", json!(3)), bad, "top_logprobs"),
+        (with("logprobs", json!("yes")), bad, "logprobs"),
     ];
     for (body, status, param) in cases {
         let r = post(&app, chat, body.clone()).await;
@@ -504,4 +506,72 @@ async fn without_max_tokens_or_past_the_context_a_chat_fills_it() {
             "prompt + completion = the context: {u}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_whole_and_streamed() {
+    let app = app(1 << 20);
+    let mut body = chat_body(false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(3);
+    let v = post(&app, "/v1/chat/completions", body.clone())
+        .await
+        .json();
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(content.len(), 12, "one entry a token");
+    for e in &content {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // greedy: the chosen token is the most likely one
+        assert_eq!(e["logprob"], top[0]["logprob"], "{e}");
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+    }
+    body["stream"] = json!(true);
+    let events = post(&app, "/v1/chat/completions", body.clone())
+        .await
+        .events();
+    let streamed: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed, content, "streamed logprobs = whole");
+    body["top_logprobs"] = json!(21);
+    post(&app, "/v1/chat/completions", body).await.error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        Some("top_logprobs"),
+    );
+
+    let c = json!({"model": "tiny", "prompt": "Hi there", "max_tokens": 6, "logprobs": 2, "ignore_eos": true});
+    let v = post(&app, "/v1/completions", c).await.json();
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 6);
+    assert!(lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.as_object().is_some_and(|m| !m.is_empty() && m.len() <= 2)));
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]) && offsets[0] == 0,
+        "{offsets:?}"
+    );
+    let bad = json!({"model": "tiny", "prompt": "Hi", "logprobs": 21});
+    post(&app, "/v1/completions", bad).await.error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        Some("logprobs"),
+    );
 }

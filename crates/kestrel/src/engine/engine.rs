@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 use super::batch_sampler::{sample_step, step_rows};
 use super::generate::FinishReason;
 use super::loaded::LoadedModel;
+use super::logprobs::{token_logprob, TokenLogprob};
 use super::request::{Output, Prompt, Request, RequestId, RequestOutput};
-use super::runner::Runner;
+use super::runner::{Runner, StepLogits};
 use super::sampling::{Sampler, SamplingParams};
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqParams};
 use super::sequence::Sequence;
@@ -278,15 +279,27 @@ impl<B: Backend> Engine<B> {
             None => DecodePick::Argmax,
             Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
         };
-        let step = self
-            .runner
-            .run(&self.backend, &self.model, &batch, Some(pick))?;
+        // rows that report log-probabilities need their logits: no device-only decode step then
+        let want_logprobs: Vec<Option<usize>> =
+            samplers.iter().map(|s| s.params().logprobs).collect();
+        let logprobs_wanted = want_logprobs.iter().any(Option::is_some);
+        let pick = (!logprobs_wanted).then_some(pick);
+        let step = self.runner.run(&self.backend, &self.model, &batch, pick)?;
         let mut sampled = vec![None; batch.seqs.len()];
+        let mut logprobs: Vec<Option<TokenLogprob>> = vec![None; batch.seqs.len()];
         if let Some(step) = step {
+            let host = match (&step, logprobs_wanted) {
+                (StepLogits::Logits(t), true) => Some(self.backend.to_host(t)?),
+                _ => None,
+            };
             let rows = drawn.as_ref().map(|(rows, _)| rows.as_slice());
             let ids = sample_step(&self.backend, step, &mut samplers, rows)?;
-            for (&k, id) in sampling.iter().zip(ids) {
+            for (row, (&k, id)) in sampling.iter().zip(ids).enumerate() {
                 sampled[k] = Some(id);
+                if let (Some(top), Some((_, vocab, data))) = (want_logprobs[row], &host) {
+                    let logits = &data[row * vocab..(row + 1) * vocab];
+                    logprobs[k] = Some(token_logprob(logits, id, top));
+                }
             }
         }
         let done: HashSet<RequestId> = self
@@ -294,7 +307,7 @@ impl<B: Backend> Engine<B> {
             .postprocess(&batch, &sampled)
             .into_iter()
             .collect();
-        for (s, tok) in batch.seqs.iter().zip(&sampled) {
+        for (k, (s, tok)) in batch.seqs.iter().zip(&sampled).enumerate() {
             let Some(tok) = *tok else { continue };
             let req = self
                 .requests
@@ -302,6 +315,7 @@ impl<B: Backend> Engine<B> {
                 .ok_or_else(|| KestrelError::Engine(format!("no request {}", s.seq_id)))?;
             self.stats.generated_tokens += 1;
             let mut out = req.on_token(tok)?;
+            out.logprobs.extend(logprobs[k].take());
             if done.contains(&s.seq_id) {
                 self.scheduler.take_finished(s.seq_id);
                 if out.finish_reason.is_none() {

@@ -8,6 +8,7 @@ pub mod gauges;
 pub mod generate;
 pub mod handle;
 pub mod loaded;
+pub mod logprobs;
 pub mod penalties;
 pub mod perplexity;
 pub mod request;

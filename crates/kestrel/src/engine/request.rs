@@ -3,6 +3,7 @@
 //! [`Output`] by whoever wants the whole result).
 
 use super::generate::FinishReason;
+use super::logprobs::TokenLogprob;
 use super::sampling::{Sampler, SamplingParams};
 use super::text_delta::{Delta, TextDelta};
 use crate::tokenizer::Tokenizer;
@@ -57,6 +58,8 @@ pub struct RequestOutput {
     pub prompt_tokens: usize,
     /// Tokens generated so far.
     pub completion_tokens: usize,
+    /// The new tokens' log-probabilities, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A finished request, all its outputs put together.
@@ -69,6 +72,7 @@ pub struct Output {
     pub finish_reason: Option<FinishReason>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Output {
@@ -80,6 +84,7 @@ impl Output {
             finish_reason: None,
             prompt_tokens: 0,
             completion_tokens: 0,
+            logprobs: Vec::new(),
         }
     }
 
@@ -89,6 +94,7 @@ impl Output {
         self.finish_reason = o.finish_reason.or(self.finish_reason);
         self.prompt_tokens = o.prompt_tokens;
         self.completion_tokens = o.completion_tokens;
+        self.logprobs.extend_from_slice(&o.logprobs);
     }
 }
 
@@ -138,6 +144,7 @@ impl Request {
             finish_reason: self.finish_reason,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
+            logprobs: Vec::new(),
         }
     }
 

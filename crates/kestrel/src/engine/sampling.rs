@@ -31,6 +31,8 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability with this many alternatives (None: don't).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -48,6 +50,7 @@ impl Default for SamplingParams {
             stop: vec![],
             stop_token_ids: vec![],
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -84,6 +87,12 @@ impl SamplingParams {
         }
         if self.max_tokens == 0 {
             return bad("max_tokens", "must be at least 1");
+        }
+        if self
+            .logprobs
+            .is_some_and(|n| n > super::logprobs::MAX_TOP_LOGPROBS)
+        {
+            return bad("top_logprobs", "must be at most 20");
         }
         Ok(())
     }
