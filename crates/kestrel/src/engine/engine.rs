@@ -282,23 +282,31 @@ impl<B: Backend> Engine<B> {
         // rows that report log-probabilities need their logits: no device-only decode step then
         let want_logprobs: Vec<Option<usize>> =
             samplers.iter().map(|s| s.params().logprobs).collect();
-        let logprobs_wanted = want_logprobs.iter().any(Option::is_some);
-        let pick = (!logprobs_wanted).then_some(pick);
+        let pick = want_logprobs.iter().all(Option::is_none).then_some(pick);
         let step = self.runner.run(&self.backend, &self.model, &batch, pick)?;
         let mut sampled = vec![None; batch.seqs.len()];
         let mut logprobs: Vec<Option<TokenLogprob>> = vec![None; batch.seqs.len()];
         if let Some(step) = step {
-            let host = match (&step, logprobs_wanted) {
-                (StepLogits::Logits(t), true) => Some(self.backend.to_host(t)?),
+            // only the rows that ask cross to the host (a GPU's step may hold 256 rows of 152k)
+            let lp_rows: Vec<usize> = (0..want_logprobs.len())
+                .filter(|&r| want_logprobs[r].is_some())
+                .collect();
+            let host = match (&step, lp_rows.is_empty()) {
+                (StepLogits::Logits(t), false) => {
+                    let picked = self.backend.select_rows(t, &lp_rows)?;
+                    Some(self.backend.to_host(&picked)?)
+                }
                 _ => None,
             };
             let rows = drawn.as_ref().map(|(rows, _)| rows.as_slice());
             let ids = sample_step(&self.backend, step, &mut samplers, rows)?;
+            let mut next_lp = 0;
             for (row, (&k, id)) in sampling.iter().zip(ids).enumerate() {
                 sampled[k] = Some(id);
                 if let (Some(top), Some((_, vocab, data))) = (want_logprobs[row], &host) {
-                    let logits = &data[row * vocab..(row + 1) * vocab];
+                    let logits = &data[next_lp * vocab..(next_lp + 1) * vocab];
                     logprobs[k] = Some(token_logprob(logits, id, top));
+                    next_lp += 1;
                 }
             }
         }
