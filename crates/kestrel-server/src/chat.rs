@@ -16,7 +16,7 @@ use crate::chat_response::{whole_response, ChoiceParser, ChunkMaker};
 use crate::error::ApiError;
 use crate::params::{max_tokens, Sampling, StreamOptions};
 use crate::request_body::{no_unknown, parse};
-use crate::stream::{collect, sse};
+use crate::stream::{collect, sse, UsageTally};
 use crate::{unix_time, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +179,7 @@ pub async fn chat_completions(
         choices: (0..n).map(parser).collect(),
         started: vec![false; n],
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-        done: (0, 0, 0),
+        done: UsageTally::default(),
         id,
         model,
         created,

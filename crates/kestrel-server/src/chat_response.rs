@@ -9,7 +9,7 @@ use kestrel::tokenizer::Tokenizer;
 
 use crate::logprobs;
 use crate::reasoning::{Parts, ReasoningSplit};
-use crate::stream::{finish_reason, usage};
+use crate::stream::{finish_reason, UsageTally};
 use crate::tool_calls::ToolCallSplit;
 
 /// One choice's text, parsed as it arrives.
@@ -68,7 +68,7 @@ pub(crate) fn whole_response(
     mut parser: impl FnMut(usize) -> ChoiceParser,
     tok: &Tokenizer,
 ) -> Value {
-    let (mut prompt, mut completion) = (0, 0);
+    let mut tally = UsageTally::default();
     let mut out = Vec::new();
     for (i, outs) in choices.iter().enumerate() {
         let mut p = parser(i);
@@ -81,8 +81,9 @@ pub(crate) fn whole_response(
             parts.content += &d.content;
             calls.extend(c);
         }
-        prompt = all.prompt_tokens;
-        completion += all.completion_tokens;
+        if let Some(last) = outs.last() {
+            tally.add(last);
+        }
         let mut message = json!({"role": "assistant", "content": parts.content});
         if !parts.reasoning.is_empty() {
             message["reasoning_content"] = json!(parts.reasoning);
@@ -118,7 +119,7 @@ pub(crate) fn whole_response(
         "created": created,
         "model": model,
         "choices": out,
-        "usage": usage(prompt, completion),
+        "usage": tally.usage(),
     })
 }
 
@@ -133,8 +134,8 @@ pub(crate) struct ChunkMaker {
     pub choices: Vec<ChoiceParser>,
     pub started: Vec<bool>,
     pub include_usage: bool,
-    /// (prompt tokens, completion tokens of the choices done, choices done)
-    pub done: (usize, usize, usize),
+    /// The choices done so far.
+    pub done: UsageTally,
 }
 
 impl ChunkMaker {
@@ -177,15 +178,11 @@ impl ChunkMaker {
         if o.finish_reason.is_some() {
             let f = self.choices[i].finish(o.finish_reason);
             out.push(self.chunk(i, json!({}), f));
-            self.done = (
-                o.prompt_tokens,
-                self.done.1 + o.completion_tokens,
-                self.done.2 + 1,
-            );
-            if self.include_usage && self.done.2 == self.choices.len() {
+            self.done.add(o);
+            if self.include_usage && self.done.finished() == self.choices.len() {
                 let mut u = self.chunk(i, json!({}), None);
                 u["choices"] = json!([]);
-                u["usage"] = usage(self.done.0, self.done.1);
+                u["usage"] = self.done.usage();
                 out.push(u);
             }
         }
@@ -238,7 +235,7 @@ mod tests {
             choices: vec![parser(tools)],
             started: vec![false],
             include_usage: false,
-            done: (0, 0, 0),
+            done: UsageTally::default(),
         };
         let (mut r, mut c, mut calls, mut fin) = (String::new(), String::new(), Vec::new(), None);
         for ch in outs.iter().flat_map(|o| m.chunks(0, o)) {

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::logprobs;
 use crate::params::{max_tokens, Sampling, StreamOptions};
 use crate::request_body::{no_unknown, parse};
-use crate::stream::{collect, finish_reason, sse, usage};
+use crate::stream::{collect, finish_reason, sse, UsageTally};
 use crate::{unix_time, AppState};
 
 /// OpenAI's `prompt`: a string, token ids, or a list of one of either (one prompt per request here).
@@ -126,15 +126,16 @@ pub async fn completions(
     if !req.stream {
         let outs = collect(streams, tracker).await?;
         let tok = state.engine.tokenizer();
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let mut tally = UsageTally::default();
         let choices: Vec<Value> = outs
             .iter()
             .enumerate()
             .map(|(i, outs)| {
                 let mut all = Output::new(0);
                 outs.iter().for_each(|o| all.push(o));
-                prompt_tokens = all.prompt_tokens;
-                completion_tokens += all.completion_tokens;
+                if let Some(last) = outs.last() {
+                    tally.add(last);
+                }
                 let lp = match logprobs {
                     Some(_) => logprobs::completion(tok, &all.logprobs, &mut 0),
                     None => Value::Null,
@@ -143,12 +144,11 @@ pub async fn completions(
             })
             .collect();
         let mut whole = with(base, json!(choices));
-        whole["usage"] = usage(prompt_tokens, completion_tokens);
+        whole["usage"] = tally.usage();
         return Ok(Json(whole).into_response());
     }
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    // (prompt tokens, completion tokens of the choices done, choices done)
-    let mut done = (0, 0, 0);
+    let mut done = UsageTally::default();
     let tok = state.engine.tokenizer().clone();
     let mut offsets = vec![0usize; n];
     let chunk = move |i: usize, o: &RequestOutput| {
@@ -162,10 +162,10 @@ pub async fn completions(
             out.push(with(base.clone(), choice));
         }
         if o.finish_reason.is_some() {
-            done = (o.prompt_tokens, done.1 + o.completion_tokens, done.2 + 1);
-            if include_usage && done.2 == n {
+            done.add(o);
+            if include_usage && done.finished() == n {
                 let mut u = with(base.clone(), json!([]));
-                u["usage"] = usage(done.0, done.1);
+                u["usage"] = done.usage();
                 out.push(u);
             }
         }

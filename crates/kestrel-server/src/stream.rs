@@ -22,12 +22,34 @@ pub(crate) fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-pub(crate) fn usage(prompt: usize, completion: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
+/// Usage over a request's choices: the prompt counted once, the completions summed.
+#[derive(Debug, Default)]
+pub(crate) struct UsageTally {
+    prompt: usize,
+    completion: usize,
+    finished: usize,
+}
+
+impl UsageTally {
+    /// Counts a choice's last output (the one with its finish reason).
+    pub fn add(&mut self, last: &RequestOutput) {
+        self.prompt = last.prompt_tokens;
+        self.completion += last.completion_tokens;
+        self.finished += 1;
+    }
+
+    pub fn finished(&self) -> usize {
+        self.finished
+    }
+
+    /// OpenAI's `usage` object.
+    pub fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        })
+    }
 }
 
 /// A refused request (prompt too long for the KV cache...) is the client's; a failed step is ours.

@@ -279,35 +279,37 @@ impl<B: Backend> Engine<B> {
             None => DecodePick::Argmax,
             Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
         };
-        // rows that report log-probabilities need their logits: no device-only decode step then
-        let want_logprobs: Vec<Option<usize>> =
-            samplers.iter().map(|s| s.params().logprobs).collect();
-        let pick = want_logprobs.iter().all(Option::is_none).then_some(pick);
+        // Rows that report log-probabilities (row, alternatives) need their logits: no device-only
+        // decode step then, and only those rows cross to the host (a GPU step may hold 256 of 152k).
+        // Empty (no allocation) unless a request asked.
+        let lp_rows: Vec<(usize, usize)> = samplers
+            .iter()
+            .enumerate()
+            .filter_map(|(r, s)| Some((r, s.params().logprobs?)))
+            .collect();
+        let pick = lp_rows.is_empty().then_some(pick);
         let step = self.runner.run(&self.backend, &self.model, &batch, pick)?;
         let mut sampled = vec![None; batch.seqs.len()];
-        let mut logprobs: Vec<Option<TokenLogprob>> = vec![None; batch.seqs.len()];
+        // (index in the batch, the token's log-probability)
+        let mut logprobs: Vec<(usize, TokenLogprob)> = Vec::new();
         if let Some(step) = step {
-            // only the rows that ask cross to the host (a GPU's step may hold 256 rows of 152k)
-            let lp_rows: Vec<usize> = (0..want_logprobs.len())
-                .filter(|&r| want_logprobs[r].is_some())
-                .collect();
             let host = match (&step, lp_rows.is_empty()) {
                 (StepLogits::Logits(t), false) => {
-                    let picked = self.backend.select_rows(t, &lp_rows)?;
-                    Some(self.backend.to_host(&picked)?)
+                    let rows: Vec<usize> = lp_rows.iter().map(|&(r, _)| r).collect();
+                    Some(self.backend.to_host(&self.backend.select_rows(t, &rows)?)?)
                 }
                 _ => None,
             };
             let rows = drawn.as_ref().map(|(rows, _)| rows.as_slice());
             let ids = sample_step(&self.backend, step, &mut samplers, rows)?;
-            let mut next_lp = 0;
-            for (row, (&k, id)) in sampling.iter().zip(ids).enumerate() {
-                sampled[k] = Some(id);
-                if let (Some(top), Some((_, vocab, data))) = (want_logprobs[row], &host) {
-                    let logits = &data[next_lp * vocab..(next_lp + 1) * vocab];
-                    logprobs[k] = Some(token_logprob(logits, id, top));
-                    next_lp += 1;
+            if let Some((_, vocab, data)) = &host {
+                for (j, &(row, top)) in lp_rows.iter().enumerate() {
+                    let logits = &data[j * vocab..(j + 1) * vocab];
+                    logprobs.push((sampling[row], token_logprob(logits, ids[row], top)));
                 }
+            }
+            for (&k, id) in sampling.iter().zip(ids) {
+                sampled[k] = Some(id);
             }
         }
         let done: HashSet<RequestId> = self
@@ -323,7 +325,9 @@ impl<B: Backend> Engine<B> {
                 .ok_or_else(|| KestrelError::Engine(format!("no request {}", s.seq_id)))?;
             self.stats.generated_tokens += 1;
             let mut out = req.on_token(tok)?;
-            out.logprobs.extend(logprobs[k].take());
+            if let Some(i) = logprobs.iter().position(|&(j, _)| j == k) {
+                out.logprobs.push(logprobs.swap_remove(i).1);
+            }
             if done.contains(&s.seq_id) {
                 self.scheduler.take_finished(s.seq_id);
                 if out.finish_reason.is_none() {
