@@ -17,6 +17,8 @@ use crate::error::ApiError;
 use crate::params::{max_tokens, Sampling, StreamOptions};
 use crate::request_body::{no_unknown, parse};
 use crate::stream::{collect, sse, UsageTally};
+use crate::tool_calls::ToolCallSplit;
+use crate::tool_choice::ToolChoice;
 use crate::{unix_time, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -108,9 +110,25 @@ fn template_messages(messages: &[Value]) -> Result<Value, ApiError> {
                 ))
             }
         }
+        arguments_as_json(&mut obj);
         out.push(Value::Object(obj));
     }
     Ok(Value::Array(out))
+}
+
+/// An assistant turn's tool calls carry their arguments as a JSON string (OpenAI's shape); templates
+/// write `arguments | tojson`, which would quote that string again (Qwen2.5's), so arguments that
+/// parse are passed as the JSON value itself, as vLLM does.
+fn arguments_as_json(message: &mut Map<String, Value>) {
+    let calls = message.get_mut("tool_calls").and_then(Value::as_array_mut);
+    for call in calls.into_iter().flatten() {
+        let Some(args) = call.pointer_mut("/function/arguments") else {
+            continue;
+        };
+        if let Some(v) = args.as_str().and_then(|s| serde_json::from_str(s).ok()) {
+            *args = v;
+        }
+    }
 }
 
 pub async fn chat_completions(
@@ -142,16 +160,24 @@ pub async fn chat_completions(
         ApiError::bad_request("this model has no chat template: use /v1/completions with a prompt")
     })?;
     let messages = template_messages(&req.messages)?;
-    let tools = match req.tool_choice.as_ref().and_then(Value::as_str) {
-        Some("none") => None,
-        _ => req.tools.clone().map(Value::Array),
+    let (choice, names) = ToolChoice::parse(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let tools = req
+        .tools
+        .clone()
+        .filter(|_| choice.offered())
+        .map(Value::Array);
+    let forced = choice.forced_prefix();
+    let thinking = match forced {
+        // a forced call starts the turn: no thinking before it
+        Some(_) if state.thinking_tags => Some(false),
+        _ => req
+            .chat_template_kwargs
+            .as_ref()
+            .and_then(|k| k.enable_thinking)
+            .or(state.config.default_thinking),
     };
-    let thinking = req
-        .chat_template_kwargs
-        .as_ref()
-        .and_then(|k| k.enable_thinking)
-        .or(state.config.default_thinking);
-    let prompt = template.render(&messages, tools.as_ref(), true, thinking)?;
+    let mut prompt = template.render(&messages, tools.as_ref(), true, thinking)?;
+    prompt += forced.as_deref().unwrap_or("");
     let max = max_tokens(
         req.max_tokens,
         req.max_completion_tokens,
@@ -165,8 +191,13 @@ pub async fn chat_completions(
     let id = state.response_id("chatcmpl");
     // with tools offered, <tool_call> blocks in the content are calls
     let offered = tools.is_some();
-    let parser =
-        |i: usize| ChoiceParser::new(state.thinking_tags, offered.then(|| format!("{id}_{i}")));
+    let parser = |i: usize| {
+        let calls = offered.then(|| ToolCallSplit::new(&format!("{id}_{i}"), names.clone()));
+        let mut p = ChoiceParser::new(state.thinking_tags, calls);
+        // the forced start of a call is the output's start too (it releases nothing yet)
+        p.push(forced.as_deref().unwrap_or(""), false);
+        p
+    };
     let (model, created) = (req.model.clone(), unix_time());
     if !req.stream {
         let outs = collect(streams, tracker).await?;

@@ -10,7 +10,7 @@ use kestrel::tokenizer::Tokenizer;
 use crate::logprobs;
 use crate::reasoning::{Parts, ReasoningSplit};
 use crate::stream::{finish_reason, UsageTally};
-use crate::tool_calls::ToolCallSplit;
+use crate::tool_calls::{merge_delta, ToolCallSplit};
 
 /// One choice's text, parsed as it arrives.
 pub(crate) struct ChoiceParser {
@@ -19,17 +19,17 @@ pub(crate) struct ChoiceParser {
 }
 
 impl ChoiceParser {
-    /// `thinking_tags`: the vocabulary has `<think>`; `call_ids`: Some(unique prefix) when tools were
-    /// offered.
-    pub fn new(thinking_tags: bool, call_ids: Option<String>) -> ChoiceParser {
+    /// `thinking_tags`: the vocabulary has `<think>`; `tools`: when tools were offered, their calls'
+    /// parser.
+    pub fn new(thinking_tags: bool, tools: Option<ToolCallSplit>) -> ChoiceParser {
         ChoiceParser {
             split: ReasoningSplit::new(thinking_tags),
-            tools: call_ids.map(|p| ToolCallSplit::new(&p)),
+            tools,
         }
     }
 
     /// What `text` releases (everything held back too when `last`): reasoning and content text, and
-    /// the tool calls completed.
+    /// tool-call deltas.
     pub fn push(&mut self, text: &str, last: bool) -> (Parts, Vec<Value>) {
         let mut parts = self.split.push(text);
         if last {
@@ -41,7 +41,9 @@ impl ChoiceParser {
         if let Some(t) = &mut self.tools {
             let mut s = t.push(&parts.content);
             if last {
-                s.content += &t.finish().content;
+                let rest = t.finish();
+                s.content += &rest.content;
+                s.calls.extend(rest.calls);
             }
             parts.content = s.content;
             calls = s.calls;
@@ -79,7 +81,9 @@ pub(crate) fn whole_response(
             let (d, c) = p.push(&o.text, k + 1 == outs.len());
             parts.reasoning += &d.reasoning;
             parts.content += &d.content;
-            calls.extend(c);
+            for d in &c {
+                merge_delta(&mut calls, d);
+            }
         }
         if let Some(last) = outs.last() {
             tally.add(last);
@@ -162,8 +166,8 @@ impl ChunkMaker {
         if !parts.content.is_empty() {
             out.push(self.chunk(i, json!({"content": parts.content}), None));
         }
-        for c in calls {
-            out.push(self.chunk(i, json!({"tool_calls": [c]}), None));
+        if !calls.is_empty() {
+            out.push(self.chunk(i, json!({ "tool_calls": calls }), None));
         }
         if !o.logprobs.is_empty() {
             // on this output's last delta, or a delta of its own
@@ -220,7 +224,10 @@ mod tests {
     }
 
     fn parser(tools: bool) -> ChoiceParser {
-        ChoiceParser::new(true, tools.then(|| "c".to_string()))
+        ChoiceParser::new(
+            true,
+            tools.then(|| ToolCallSplit::new("c", vec!["get_weather".into()])),
+        )
     }
 
     fn streamed(
@@ -242,8 +249,12 @@ mod tests {
             let choice = &ch["choices"][0];
             r += choice["delta"]["reasoning_content"].as_str().unwrap_or("");
             c += choice["delta"]["content"].as_str().unwrap_or("");
-            if let Some(tc) = choice["delta"]["tool_calls"].as_array() {
-                calls.extend(tc.iter().cloned());
+            for d in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                merge_delta(&mut calls, d);
             }
             if let Some(f) = choice["finish_reason"].as_str() {
                 fin = Some(f.to_string());
@@ -278,7 +289,7 @@ mod tests {
         let call = &msg["tool_calls"][0];
         assert_eq!(call["type"], "function");
         assert_eq!(call["function"]["name"], "get_weather");
-        assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(call["function"]["arguments"], "{\"city\": \"Paris\"}");
         assert!(call.get("index").is_none(), "index is for stream deltas");
 
         let (r, c, calls, fin) = streamed(&outs, true);

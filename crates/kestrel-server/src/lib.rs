@@ -16,7 +16,9 @@ pub mod params;
 pub mod reasoning;
 mod request_body;
 mod stream;
+mod tool_call_header;
 pub mod tool_calls;
+pub mod tool_choice;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

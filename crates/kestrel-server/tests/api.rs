@@ -334,6 +334,13 @@ async fn models_health_and_every_error() {
         (with("frobnicate", json!(true)), bad, "frobnicate"),
         (with("top_logprobs", json!(3)), bad, "top_logprobs"),
         (with("logprobs", json!("yes")), bad, "logprobs"),
+        (with("tool_choice", json!("sometimes")), bad, "tool_choice"),
+        (with("tool_choice", json!("required")), bad, "tool_choice"),
+        (
+            with("tools", json!([{"type": "function", "function": {}}])),
+            bad,
+            "tools[0].function.name",
+        ),
     ];
     for (body, status, param) in cases {
         let r = post(&app, chat, body.clone()).await;
@@ -574,4 +581,62 @@ async fn logprobs_whole_and_streamed() {
         "invalid_request_error",
         Some("logprobs"),
     );
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// tool_choice "required" or a named function writes the start of the call after the prompt (thinking
+/// off): the answer is the engine's own continuation of exactly that text. The tiny model does not
+/// finish the call, so it comes back as text, the forced start included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_tool_choice_starts_the_call() {
+    let app = app(1 << 20);
+    let messages = json!([{"role": "user", "content": "Weather in Paris?"}]);
+    let rendered = template()
+        .render(&messages, Some(&weather_tools()), true, Some(false))
+        .unwrap();
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let named_start = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ";
+    for (choice, start) in [
+        (json!("required"), "<tool_call>\n{\"name\": \""),
+        (named, named_start),
+    ] {
+        let (want, prompt_tokens, _) = direct(Prompt::Text(format!("{rendered}{start}")), 10);
+        let body = json!({"model": "tiny", "messages": messages, "tools": weather_tools(),
+            "tool_choice": choice, "max_tokens": 10, "temperature": 0, "ignore_eos": true});
+        let v = post(&app, "/v1/chat/completions", body.clone())
+            .await
+            .json();
+        assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens, "{v}");
+        let msg = &v["choices"][0]["message"];
+        match msg["tool_calls"].as_array() {
+            // the model went on with an object or array: a call whose arguments are its text
+            Some(calls) => {
+                assert_eq!(calls[0]["function"]["name"], "get_weather", "{v}");
+                assert!(want.contains(calls[0]["function"]["arguments"].as_str().unwrap()));
+            }
+            None => assert_eq!(msg["content"], format!("{start}{want}"), "{v}"),
+        }
+        let mut sbody = body;
+        sbody["stream"] = json!(true);
+        let streamed = post(&app, "/v1/chat/completions", sbody).await;
+        let content: String = streamed.events()[..streamed.events().len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            content,
+            msg["content"].as_str().unwrap_or(""),
+            "streamed = whole"
+        );
+    }
 }

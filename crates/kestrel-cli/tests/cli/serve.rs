@@ -10,18 +10,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use super::support::{tiny_dir, ROOT};
+use super::support::{cache_dir, real_model_path, tiny_dir, ROOT};
 
 fn python_site() -> PathBuf {
-    match std::env::var_os("KESTREL_CACHE") {
-        Some(c) => PathBuf::from(c).join("py"),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kestrel/py")
-        }
-    }
+    cache_dir().join("py")
 }
 
 /// The resident memory of process `pid` (KiB), from /proc.
@@ -42,30 +38,13 @@ fn openai_available(site: &PathBuf) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn serve_answers_the_openai_client_and_stops_on_sigterm() {
-    let site = python_site();
-    if !openai_available(&site) {
-        let msg = format!(
-            "the openai Python package is not in {} (run scripts/fetch-assets.sh)",
-            site.display()
-        );
-        assert!(std::env::var("CI").is_err(), "{msg}");
-        eprintln!("skipping: {msg}");
-        return;
-    }
-    let tiny = tiny_dir();
+/// `kestrel serve ARGS --device cpu --port 0`: the process, its base URL (from the startup line) and
+/// its stderr lines.
+fn start_server(args: &[&str]) -> (Child, String, Receiver<String>) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args([
-            "serve",
-            "-m",
-            tiny.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-        ])
-        .args(["--api-key", "sk-test", "--served-model-name", "tiny"])
+        .arg("serve")
+        .args(args)
+        .args(["--device", "cpu", "--port", "0"])
         .env("HF_HUB_OFFLINE", "1")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -79,18 +58,90 @@ fn serve_answers_the_openai_client_and_stops_on_sigterm() {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let url = loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| {
                 let _ = server.kill();
-                panic!("kestrel serve printed no address within 60 s")
+                panic!("kestrel serve printed no address within 120 s")
             });
         if let Some(rest) = line.split("on http://").nth(1) {
             break format!("http://{}", rest.split_whitespace().next().unwrap());
         }
     };
+    (server, url, rx)
+}
+
+/// The client, or a skip (a failure under CI=true) when scripts/fetch-assets.sh has not installed it.
+fn client_site() -> Option<PathBuf> {
+    let site = python_site();
+    if openai_available(&site) {
+        return Some(site);
+    }
+    let msg = format!(
+        "the openai Python package is not in {} (run scripts/fetch-assets.sh)",
+        site.display()
+    );
+    assert!(std::env::var("CI").is_err(), "{msg}");
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (scripts/openai_real_model_test.py): right
+/// answers, a tool call for each tool_choice (streamed argument by argument), a tool result turn.
+#[test]
+fn serve_the_real_model_answers_and_calls_tools() {
+    let Some(site) = client_site() else {
+        return;
+    };
+    let model = real_model_path();
+    if !model.exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{} is missing (run scripts/fetch-assets.sh)",
+            model.display()
+        );
+        eprintln!("skipping: {} is missing", model.display());
+        return;
+    }
+    let (mut server, url, rx) = start_server(&[
+        "-m",
+        model.to_str().unwrap(),
+        "--served-model-name",
+        "coder",
+    ]);
+    let out = Command::new("python3")
+        .arg(PathBuf::from(ROOT).join("scripts/openai_real_model_test.py"))
+        .args([url.as_str(), "coder"])
+        .env("PYTHONPATH", &site)
+        .output()
+        .expect("running python3");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "the real-model checks failed:\n{}\n{}\nserver: {:?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        rx.try_iter().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn serve_answers_the_openai_client_and_stops_on_sigterm() {
+    let Some(site) = client_site() else {
+        return;
+    };
+    let tiny = tiny_dir();
+    let (mut server, url, rx) = start_server(&[
+        "-m",
+        tiny.to_str().unwrap(),
+        "--api-key",
+        "sk-test",
+        "--served-model-name",
+        "tiny",
+    ]);
     let run_client = || {
         Command::new("python3")
             .arg(PathBuf::from(ROOT).join("scripts/openai_client_test.py"))

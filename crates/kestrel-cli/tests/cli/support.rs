@@ -171,3 +171,16 @@ pub fn last_tensor(header: &serde_json::Map<String, serde_json::Value>) -> Strin
         .map(|(k, _)| k.clone())
         .unwrap()
 }
+
+/// Where scripts/fetch-assets.sh keeps what it downloads ($KESTREL_CACHE, else ~/.cache/kestrel).
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("KESTREL_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kestrel"),
+    }
+}
+
+/// The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF that scripts/fetch-assets.sh downloads.
+pub fn real_model_path() -> PathBuf {
+    cache_dir().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
