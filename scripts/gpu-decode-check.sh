@@ -2,13 +2,14 @@
 # gpu-decode-check.sh: one device call that checks and times the CUDA backend at full size:
 # every bundled kestrel_cuda test, the parity check (0.6B and 4B, checkpoints kept), then
 # `kestrel bench` at both shapes in each of $VARIANTS (default: pdl nopdl nofuse eager: PDL on,
-# KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager; nofuseqk = KESTREL_FUSE_QK=0; sampled[-eager] =
+# KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager; nofuseqk = KESTREL_FUSE_QK=0; attnmma = KESTREL_ATTN_MMA=1; sampled[-eager] =
 # tg at temperature 0.7 on the GPU sampler; none), and with NCU=1 the per-kernel GPU time of a few
 # eager decode steps (ncu, caches and clocks left alone) into ncu-<shape>.csv.
 # Env: SKIP_TESTS=1, SKIP_PARITY=1 (then only makes the checkpoints), PARITY_SHAPES, BENCH_SHAPES,
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
-#      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES; THROUGHPUT_TEMPERATURE=0.6 adds
-#      nano-vllm's sampled variant) into throughput.txt,
+#      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
+#      default, attnmma = KESTREL_ATTN_MMA=1, splitmixed, attnmma+splitmixed, or a number = KESTREL_ATTN_TARGET_CTAS;
+#      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant) into throughput.txt,
 #      QUANT_QUALITY=1 (the quantized-model quality test at BENCH_SHAPES, types KESTREL_QUANT_TYPES; the
 #      CPU comparisons at 0.6b only) into quant-quality-<shape>.txt,
 #      SANITIZE=1 (compute-sanitizer memcheck + racecheck (SANITIZE_TOOLS) on short 0.6B generations:
@@ -54,6 +55,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       nofuseqk) env=(KESTREL_FUSE_QK=0); extra=() ;;
       sampled) env=(); extra=(--temperature 0.7) ;;
       sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
+      attnmma) env=(KESTREL_ATTN_MMA=1); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;
@@ -78,10 +80,16 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
   # issue 5: the engine on nano-vllm's bench.py workload and the concurrency sweep; batched decode
   for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do
     m=/tmp/kestrel-parity/$shape
-    for ctas in ${THROUGHPUT_CTAS:-default}; do
-      env=(); [ "$ctas" = default ] || env=(KESTREL_ATTN_TARGET_CTAS=$ctas)
+    for ctas in ${THROUGHPUT_VARIANTS:-default}; do
+      case $ctas in
+        default) env=() ;;
+        attnmma) env=(KESTREL_ATTN_MMA=1) ;;
+        splitmixed) env=(KESTREL_SPLIT_MIXED=1) ;;
+        attnmma+splitmixed) env=(KESTREL_ATTN_MMA=1 KESTREL_SPLIT_MIXED=1) ;;
+        *) env=(KESTREL_ATTN_TARGET_CTAS=$ctas) ;;
+      esac
       {
-        echo "== $shape throughput (attention target CTAs: $ctas)"
+        echo "== $shape throughput (variant: $ctas)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
         echo "== $shape sweep ($ctas)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1

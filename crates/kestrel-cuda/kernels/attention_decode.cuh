@@ -24,7 +24,6 @@
 #include "attention_decode_kv.cuh"
 #include "attention_decode_merge.cuh"
 
-#define DECODE_WARPS 4
 #define MIN_PARTITION 64  // keys; partitions are multiples of PARTITION_ALIGN of at least this
 #define PARTITION_ALIGN 32
 
@@ -36,6 +35,33 @@ __device__ __forceinline__ int partition_size(int ctx, int max_partitions) {
 
 __device__ __forceinline__ int partition_count(int ctx, int part) {
     return ctx <= 0 ? 1 : (ctx + part - 1) / part;
+}
+
+// What a decode CTA works on, from its grid position: sequence s (its query row q_token), partition p
+// of nparts (keys k_begin .. k_end), kv head kvh and its gcount q heads h0 .. (G per CTA). False:
+// nothing to do (padding, a mixed step's prefill row, or a partition past the context).
+struct DecodeCta {
+    int s, p, q_token, nparts, k_begin, k_end, kvh, h0, gcount;
+};
+__device__ __forceinline__ bool decode_cta(DecodeCta &c, int G, const unsigned *cu_seqlens_q,
+                                           const unsigned *context_lens, int num_heads, int num_kv_heads,
+                                           int max_partitions) {
+    c.s = blockIdx.y;
+    c.p = blockIdx.z;
+    c.q_token = (int)cu_seqlens_q[c.s];
+    if ((int)cu_seqlens_q[c.s + 1] - c.q_token != 1) return false;
+    const int ctx = (int)context_lens[c.s];
+    const int part = partition_size(ctx, max_partitions);
+    c.nparts = partition_count(ctx, part);
+    if (c.p >= c.nparts) return false;
+    c.k_begin = c.p * part;
+    c.k_end = min(ctx, c.k_begin + part);
+    const int group = num_heads / num_kv_heads, chunks = (group + G - 1) / G;
+    c.kvh = blockIdx.x / chunks;
+    const int g0 = (blockIdx.x % chunks) * G;
+    c.h0 = c.kvh * group + g0;
+    c.gcount = min(G, group - g0);
+    return true;
 }
 
 // The fused variant's inputs (attention_decode_qk_g*): q comes raw from the QKV projection and is
@@ -50,6 +76,29 @@ struct FusedQk {
     float eps;
     unsigned num_slots;
 };
+
+// The fused variant's start of a CTA (DECODE_WARPS warps): its gcount q heads h0 .. normalised and
+// rotated into q_s ([gcount, head_dim] bf16); and the new key, the last of the context: its
+// partition's CTA stores it and its value (every head chunk's CTA does when a group spans several:
+// the same bytes) before the key loop reads them back (after a __syncthreads()).
+__device__ __forceinline__ void fused_qk_prologue(bf16 *q_s, const FusedQk &f, int q_token,
+                                                  bool last_partition, int kvh, int h0, int gcount,
+                                                  int num_heads, int num_kv_heads, int head_dim,
+                                                  size_t kv_stride) {
+    const int warp = threadIdx.x >> 5;
+    const bf16 *row = f.qkv + (size_t)q_token * (num_heads + 2 * num_kv_heads) * head_dim;
+    const float pos = (float)f.positions[q_token];
+    for (int g = warp; g < gcount; g += DECODE_WARPS)
+        norm_rope_head(q_s + g * head_dim, row + (size_t)(h0 + g) * head_dim, f.q_norm, f.eps, pos,
+                       f.inv_freq, head_dim, nullptr, nullptr);
+    const unsigned slot = f.slot_mapping[q_token];
+    if (last_partition && slot < f.num_slots && warp == DECODE_WARPS - 1) {
+        const size_t off = (size_t)slot * kv_stride + (size_t)kvh * head_dim;
+        norm_rope_head(f.k_cache + off, row + (size_t)(num_heads + kvh) * head_dim, f.k_norm, f.eps,
+                       pos, f.inv_freq, head_dim, f.v_cache + off,
+                       row + (size_t)(num_heads + num_kv_heads + kvh) * head_dim);
+    }
+}
 
 // One CTA: one partition of one sequence's keys, for G q heads sharing one kv head (K/V are read
 // once for the group). A lane group of LPK = pow2 >= head_dim / 8 lanes owns one key at a time, each
@@ -73,18 +122,10 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
     constexpr int RING_SLOTS = S * U * 2 * 32 * DECODE_WARPS;
     float *decode_smem = reinterpret_cast<float *>(decode_ring + RING_SLOTS);
     pdl_enter();
-    const int s = blockIdx.y, p = blockIdx.z;
-    const int q_token = (int)cu_seqlens_q[s];
-    if ((int)cu_seqlens_q[s + 1] - q_token != 1) return;  // padding, or a mixed step's prefill row
-    const int ctx = (int)context_lens[s];
-    const int part = partition_size(ctx, max_partitions);
-    const int nparts = partition_count(ctx, part);
-    if (p >= nparts) return;
-    const int k_begin = p * part, k_end = min(ctx, k_begin + part);
-
-    const int group = num_heads / num_kv_heads, chunks = (group + G - 1) / G;
-    const int kvh = blockIdx.x / chunks, g0 = (blockIdx.x % chunks) * G;
-    const int h0 = kvh * group + g0, gcount = min(G, group - g0);
+    DecodeCta c;
+    if (!decode_cta(c, G, cu_seqlens_q, context_lens, num_heads, num_kv_heads, max_partitions)) return;
+    const int s = c.s, p = c.p, q_token = c.q_token, nparts = c.nparts, k_begin = c.k_begin,
+              k_end = c.k_end, kvh = c.kvh, h0 = c.h0, gcount = c.gcount;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int dchunks = head_dim / 8;
     int lpk = 1;
@@ -104,22 +145,9 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
     // fused: this CTA's q heads, normalised and rotated into shared memory (aliasing the merge area,
     // which is only used after the key loop)
     bf16 *q_s = reinterpret_cast<bf16 *>(decode_smem);
-    if constexpr (FUSED) {
-        const bf16 *row = f.qkv + (size_t)q_token * (num_heads + 2 * num_kv_heads) * head_dim;
-        const float pos = (float)f.positions[q_token];
-        for (int g = warp; g < gcount; g += DECODE_WARPS)
-            norm_rope_head(q_s + g * head_dim, row + (size_t)(h0 + g) * head_dim, f.q_norm, f.eps, pos,
-                           f.inv_freq, head_dim, nullptr, nullptr);
-        // The new key is the last of the context: its partition's CTA stores it (every head chunk's
-        // CTA does when a group spans several: the same bytes) before the key loop reads it back.
-        const unsigned slot = f.slot_mapping[q_token];
-        if (p == nparts - 1 && slot < f.num_slots && warp == DECODE_WARPS - 1) {
-            const size_t off = (size_t)slot * kv_stride + (size_t)kvh * head_dim;
-            norm_rope_head(f.k_cache + off, row + (size_t)(num_heads + kvh) * head_dim, f.k_norm, f.eps,
-                           pos, f.inv_freq, head_dim, f.v_cache + off,
-                           row + (size_t)(num_heads + num_kv_heads + kvh) * head_dim);
-        }
-    }
+    if constexpr (FUSED)
+        fused_qk_prologue(q_s, f, q_token, p == nparts - 1, kvh, h0, gcount, num_heads, num_kv_heads,
+                          head_dim, kv_stride);
     __syncthreads();
 
     float qf[G][8], acc[G][8], m[G], l[G];
@@ -232,31 +260,6 @@ __device__ void decode_partition(bf16 *__restrict__ out, float *__restrict__ ws_
     }
     __syncthreads();
 
-    const size_t q_stride = (size_t)num_heads * head_dim;
-    for (int i = threadIdx.x; i < gcount * head_dim; i += blockDim.x) {
-        const int g = i / head_dim, d = i % head_dim;
-        float a = 0.0f, sum = 0.0f;
-        for (int w = 0; w < DECODE_WARPS; ++w) {
-            a += s_acc[(w * G + g) * head_dim + d];
-            sum += s_sum[w * G + g];
-        }
-        if (nparts == 1) {
-            out[(size_t)q_token * q_stride + (size_t)(h0 + g) * head_dim + d] =
-                __float2bfloat16(sum > 0.0f ? a / sum : 0.0f);
-        } else {
-            const size_t row = ((size_t)s * num_heads + h0 + g) * max_partitions + p;
-            ws_acc[row * head_dim + d] = a;
-            if (d == 0) {
-                float mx = s_max[g];
-                for (int w = 1; w < DECODE_WARPS; ++w) mx = fmaxf(mx, s_max[w * G + g]);
-                ws_ml[row * 2] = mx;
-                ws_ml[row * 2 + 1] = sum;
-            }
-        }
-    }
-    if (nparts == 1) return;
-
-    merge_partitions(out, ws_ml, ws_acc, done, s, nparts, q_token, h0, gcount, num_heads, head_dim,
-                     max_partitions);
+    finish_partition<G>(out, ws_ml, ws_acc, done, s_max, s_sum, s_acc, s, p, nparts, q_token, h0, gcount,
+                        num_heads, head_dim, max_partitions);
 }
-

@@ -50,6 +50,7 @@ pub const GEMV_DP4A: Kernel = kernel!("gemv_dp4a.cu");
 pub const GEMV_MMA: Kernel = kernel!("gemv_mma.cu");
 pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
+pub const ATTENTION_DECODE_MMA: Kernel = kernel!("attention_decode_mma.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
 pub const ARGMAX: Kernel = kernel!("argmax.cu");
 pub const ELEMENTWISE: Kernel = kernel!("elementwise.cu");
@@ -72,6 +73,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     ELEMENTWISE,
     ATTENTION_DECODE,
     ATTENTION_DECODE_QK,
+    ATTENTION_DECODE_MMA,
     ATTENTION_PREFILL,
 ];
 

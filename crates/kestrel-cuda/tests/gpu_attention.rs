@@ -21,7 +21,7 @@ use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::attention::{
     attention_counters_len, attention_workspace_len, paged_attention, paged_decode_attention_qk,
-    AttnBatch, AttnShape,
+    AttnBatch, AttnShape, DecodeKernel,
 };
 use kestrel_cuda::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 use kestrel_cuda::{Bf16, CudaDevice, CudaError};
@@ -196,6 +196,7 @@ impl Batch {
         dev: &CudaDevice,
         max_partitions: usize,
         split: bool,
+        decode_kernel: DecodeKernel,
     ) -> Result<Vec<f32>, CudaError> {
         let max_query_len = self.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0);
         let singles = self.seqs.iter().filter(|&&(q, _)| q == 1).count();
@@ -210,6 +211,7 @@ impl Batch {
             num_tokens: self.num_tokens(),
             max_query_len,
             single_query_seqs: if split { singles } else { 0 },
+            decode_kernel,
             cu_seqlens_q: &cu,
             context_lens: &ctx,
             block_tables: &bt,
@@ -295,12 +297,24 @@ fn check(
     let reference = b.reference();
     // a mixed batch: its one-query rows through the prefill kernel, and through the decode kernel
     let mixed = seqs.iter().any(|&(q, _)| q > 1) && seqs.iter().any(|&(q, _)| q == 1);
+    // one-query rows through each decode kernel (the tensor-core one where it has the head dim)
+    let decodes = seqs.iter().any(|&(q, _)| q == 1);
+    let kernels = if decodes {
+        vec![DecodeKernel::Lanes, DecodeKernel::Mma]
+    } else {
+        vec![DecodeKernel::Lanes]
+    };
     for split in if mixed { vec![false, true] } else { vec![true] } {
-        let got = b.run(dev, max_partitions, split).unwrap();
-        let what = format!(
-            "{what} heads {heads:?} block_size {bs} partitions {max_partitions} split {split}"
-        );
-        assert_close(&what, &got, &reference, heads.2);
+        for &kernel in &kernels {
+            if !split && kernel == DecodeKernel::Mma {
+                continue; // no decode kernel in that run
+            }
+            let got = b.run(dev, max_partitions, split, kernel).unwrap();
+            let what = format!(
+                "{what} heads {heads:?} block_size {bs} partitions {max_partitions} split {split} {kernel:?}"
+            );
+            assert_close(&what, &got, &reference, heads.2);
+        }
     }
 }
 
@@ -473,6 +487,7 @@ fn launch_with(
         num_tokens: b.seqs.iter().map(|&(q, _)| q).sum(),
         max_query_len: b.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0),
         single_query_seqs: 0,
+        decode_kernel: DecodeKernel::Lanes,
         cu_seqlens_q: &cu,
         context_lens: &ctx,
         block_tables: &bt,
@@ -519,7 +534,8 @@ fn norm_weights(rng: &mut Rng, hd: usize, peak: f32) -> Vec<f32> {
 
 /// The fused decode kernel (q/k norm + RoPE + cache write inside attention) against the two launches
 /// it replaces, on the same inputs: the attention output and both caches must be bit-identical, so
-/// a decode step computes exactly what a mixed (unfused) step would.
+/// a decode step computes exactly what a mixed (unfused) step would. Both with `decode_kernel`.
+#[allow(clippy::too_many_arguments)]
 fn check_fused_qk(
     dev: &CudaDevice,
     rng: &mut Rng,
@@ -528,6 +544,7 @@ fn check_fused_qk(
     seqs: &[(usize, usize)],
     partitions: usize,
     with_norms: bool,
+    decode_kernel: DecodeKernel,
 ) {
     let (nh, nkv, hd) = heads;
     let b = Batch::new(rng, heads, 16, seqs);
@@ -572,6 +589,7 @@ fn check_fused_qk(
         num_tokens: n,
         max_query_len: 1,
         single_query_seqs: seqs.iter().filter(|&&(q, _)| q == 1).count(),
+        decode_kernel,
         cu_seqlens_q: &cu,
         context_lens: &ctx,
         block_tables: &bt,
@@ -653,8 +671,12 @@ fn fused_qk_decode_matches_the_two_launches() {
         ((14, 2, 64), false), // Qwen2-0.5B: group 7, no q/k norms
     ] {
         for partitions in [1, 4, 32] {
-            let what = format!("heads {heads:?}, {partitions} partitions");
-            check_fused_qk(dev, &mut rng, &what, heads, &seqs, partitions, norms);
+            for kernel in [DecodeKernel::Lanes, DecodeKernel::Mma] {
+                let what = format!("heads {heads:?}, {partitions} partitions, {kernel:?}");
+                check_fused_qk(
+                    dev, &mut rng, &what, heads, &seqs, partitions, norms, kernel,
+                );
+            }
         }
     }
 }

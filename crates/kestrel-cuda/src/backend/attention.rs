@@ -11,7 +11,7 @@ use super::{be, CudaBackend};
 use crate::dtype::Bf16;
 use crate::ops::attention::{
     attention_counters_len, attention_workspace_len, paged_attention, paged_decode_attention_qk,
-    AttnBatch, AttnShape,
+    AttnBatch, AttnShape, DecodeKernel,
 };
 use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 
@@ -244,6 +244,7 @@ impl CudaBackend {
             } else {
                 0
             },
+            decode_kernel: DecodeKernel::Auto,
             cu_seqlens_q: &cu,
             context_lens: &ctx,
             block_tables: &tables,

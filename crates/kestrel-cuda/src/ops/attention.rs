@@ -19,7 +19,9 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::{allow_dynamic_smem, expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
-use crate::compile::{ATTENTION_DECODE, ATTENTION_DECODE_QK, ATTENTION_PREFILL};
+use crate::compile::{
+    ATTENTION_DECODE, ATTENTION_DECODE_MMA, ATTENTION_DECODE_QK, ATTENTION_PREFILL,
+};
 use crate::dtype::Bf16;
 use crate::ops::qk_norm_rope_kv::QkNormRopeInputs;
 use crate::{CudaDevice, Result};
@@ -50,6 +52,8 @@ pub struct AttnBatch<'a, U> {
     /// a one-query row in prefill tiles reads its keys once per q head, in one CTA). 0 = the
     /// prefill kernel takes every row.
     pub single_query_seqs: usize,
+    /// Which decode-attention kernel takes the one-query rows.
+    pub decode_kernel: DecodeKernel,
     /// `[num_seqs + 1]`: sequence `s` owns query rows `cu_seqlens_q[s] .. cu_seqlens_q[s + 1]`.
     pub cu_seqlens_q: &'a U,
     /// `[num_seqs]`: keys in the cache after this step, the new tokens included.
@@ -58,8 +62,45 @@ pub struct AttnBatch<'a, U> {
     pub block_tables: &'a U,
 }
 
-/// Warps per decode CTA; must match kernels/attention_decode.cuh.
+/// The decode-attention kernels (one query per sequence).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// [`DecodeKernel::Mma`] when `KESTREL_ATTN_MMA=1`, else [`DecodeKernel::Lanes`] (until the
+    /// tensor-core kernel is measured).
+    #[default]
+    Auto,
+    /// kernels/attention_decode.cuh: lane groups own keys, f32 FMAs and shuffle reductions.
+    Lanes,
+    /// kernels/attention_decode_mma.cu: a GQA group's heads as the rows of mma.m16n8k16 against
+    /// 16-key tiles. For head dims in [`MMA_HEAD_DIMS`] (others take the lane kernel).
+    Mma,
+}
+
+/// Head dimensions with a tensor-core decode instance (`attention_decode_mma_d{D}`).
+pub const MMA_HEAD_DIMS: [usize; 2] = [64, 128];
+
+impl DecodeKernel {
+    /// Whether this choice runs the tensor-core kernel for `head_dim`.
+    fn uses_mma(self, head_dim: usize) -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let wanted = match self {
+            DecodeKernel::Lanes => false,
+            DecodeKernel::Mma => true,
+            DecodeKernel::Auto => {
+                *ON.get_or_init(|| std::env::var("KESTREL_ATTN_MMA").is_ok_and(|v| v == "1"))
+            }
+        };
+        wanted && MMA_HEAD_DIMS.contains(&head_dim)
+    }
+}
+
+/// Warps per decode CTA; must match kernels/attention_decode_merge.cuh.
 const DECODE_WARPS: usize = 4;
+/// Keys per warp tile and ring stages of the tensor-core decode kernel, and its heads per CTA; must
+/// match kernels/attention_decode_mma.cu.
+const MMA_ATT_KT: usize = 16;
+const MMA_ATT_STAGES: usize = 2;
+const MMA_ATT_G: usize = 8;
 /// Query/key tile sizes and threads of the prefill kernel; must match kernels/attention_prefill.cu.
 const PREFILL_BQ: usize = 64;
 const PREFILL_BK: usize = 64;
@@ -117,6 +158,13 @@ fn decode_ring_stages(g: usize) -> usize {
 fn decode_smem_bytes(g: usize, head_dim: usize, max_blocks_per_seq: usize) -> usize {
     let ring = decode_ring_stages(g) * decode_keys_per_lane_group(g) * 2 * 32 * DECODE_WARPS * 16;
     ring + DECODE_WARPS * g * (head_dim + 2) * 4 + (max_blocks_per_seq + 1) * 4
+}
+
+/// Bytes of dynamic shared memory of `attention_decode_mma_d{head_dim}`: each warp's ring of K and V
+/// tiles (rows padded by 8 bf16), then the partition's block-table entries.
+fn decode_mma_smem_bytes(head_dim: usize, max_blocks_per_seq: usize) -> usize {
+    DECODE_WARPS * MMA_ATT_STAGES * 2 * MMA_ATT_KT * (head_dim + 8) * 2
+        + (max_blocks_per_seq + 1) * 4
 }
 
 /// Shared memory a CTA may opt in to (sm_80 and sm_90 give at least this).
@@ -472,9 +520,23 @@ fn run<U: DevicePtr<u32>>(
     }
 
     let group = num_heads / num_kv_heads;
-    let g = decode_heads_per_cta(group);
     let fused = matches!(queries, Queries::Fused(_));
+    let mma = batch.decode_kernel.uses_mma(head_dim);
+    let g = if mma {
+        MMA_ATT_G
+    } else {
+        decode_heads_per_cta(group)
+    };
     let (kernel, name) = match (fused, g) {
+        _ if mma => (
+            &ATTENTION_DECODE_MMA,
+            match (fused, head_dim) {
+                (false, 64) => "attention_decode_mma_d64",
+                (false, _) => "attention_decode_mma_d128",
+                (true, 64) => "attention_decode_mma_qk_d64",
+                (true, _) => "attention_decode_mma_qk_d128",
+            },
+        ),
         (false, 1) => (&ATTENTION_DECODE, "attention_decode_g1"),
         (false, 2) => (&ATTENTION_DECODE, "attention_decode_g2"),
         (false, 4) => (&ATTENTION_DECODE, "attention_decode_g4"),
@@ -488,7 +550,11 @@ fn run<U: DevicePtr<u32>>(
     let acc = ml + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
     let done = bufs.counters.0;
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
-    let decode_smem = decode_smem_bytes(g, head_dim, max_blocks_per_seq);
+    let decode_smem = if mma {
+        decode_mma_smem_bytes(head_dim, max_blocks_per_seq)
+    } else {
+        decode_smem_bytes(g, head_dim, max_blocks_per_seq)
+    };
     if decode_smem > MAX_SMEM {
         return Err(shape_error(
             OP,
@@ -580,11 +646,23 @@ mod tests {
         ] {
             assert!(src.contains(&format!("#define {name} {v}\n")), "{name}");
         }
-        let (_, decode_header) = crate::compile::HEADERS
+        let (_, merge_header) = crate::compile::HEADERS
             .iter()
-            .find(|(name, _)| *name == "attention_decode.cuh")
+            .find(|(name, _)| *name == "attention_decode_merge.cuh")
             .unwrap();
-        assert!(decode_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
+        assert!(merge_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
+        let mma = ATTENTION_DECODE_MMA.source;
+        for (name, v) in [
+            ("MMA_ATT_G", MMA_ATT_G),
+            ("MMA_ATT_KT", MMA_ATT_KT),
+            ("MMA_ATT_STAGES", MMA_ATT_STAGES),
+        ] {
+            assert!(mma.contains(&format!("#define {name} {v}\n")), "{name}");
+        }
+        for d in MMA_HEAD_DIMS {
+            assert!(mma.contains(&format!("DECODE_MMA_KERNELS({d})\n")));
+            assert!(decode_mma_smem_bytes(d, 256) <= MAX_SMEM);
+        }
         for g in [1, 2, 4, 8] {
             let (u, s) = (decode_keys_per_lane_group(g), decode_ring_stages(g));
             assert!(ATTENTION_DECODE_QK

@@ -1,0 +1,232 @@
+// Decode attention on the tensor cores: the same job, grid, partitions, workspace and merge as
+// attention_decode.cuh (read its header), with the q heads of a GQA group as the rows of
+// mma.m16n8k16 (rows 0..7 = up to 8 heads; rows 8..15 stay zero) against tiles of 16 keys:
+//   S = Q K^T: A = Q (registers, loaded once), B = the K tile by ldmatrix (keys are B's columns);
+//   O += P V: A = P, straight from S's accumulators as bf16 (the FA2 register reuse), B = the V tile
+//   by ldmatrix.trans.
+// Why: the lane kernel is issue-bound (ncu: 23% warps active, shuffle reductions per key and head,
+// expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
+// 16-key tile costs each warp 32 mma, 16 ldmatrix and one softmax step for all its heads.
+// Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
+// (cp.async, MMA_ATT_STAGES tiles of K and V, rows padded by 8 bf16: ldmatrix's 8 rows fall on
+// distinct banks); warps meet only after their last tile.
+// Numerics: S in f32 (exact bf16 products, f32 sums), softmax with a running max and expf in f32,
+// P rounded to bf16 for P.V (as HF's eager attention casts its f32 softmax to bf16 before P.V), f32
+// accumulation; l sums the f32 P. The output is rounded to bf16 once.
+// Launch: as attention_decode_g8 (grid (num_kv_heads * ceil(group / 8), num_seqs, max_partitions),
+// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D) + (max_blocks + 1) u32 (src/ops/
+// attention.rs); head_dim = D.
+#include "attention_decode.cuh"
+
+#define MMA_ATT_G 8
+#define MMA_ATT_KT 16
+#define MMA_ATT_STAGES 2
+
+__device__ __forceinline__ void mma_att(float (&c)[4], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+template <bool TRANS>
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const bf16 *p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
+
+__device__ __forceinline__ unsigned bf16x2_bits(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned *>(&v);
+}
+
+// Bytes of the per-CTA area before the block-table entries: the warps' K/V rings (also the fused q
+// heads before the loop and the merge partials after it).
+__host__ __device__ constexpr int mma_att_smem(int d) {
+    return DECODE_WARPS * MMA_ATT_STAGES * 2 * MMA_ATT_KT * (d + 8) * 2;
+}
+
+template <int D, bool FUSED>
+__device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, float *__restrict__ ws_acc,
+                           unsigned *__restrict__ done, const bf16 *__restrict__ q,
+                           const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
+                           const unsigned *__restrict__ cu_seqlens_q,
+                           const unsigned *__restrict__ context_lens,
+                           const unsigned *__restrict__ block_tables, int num_heads, int num_kv_heads,
+                           int block_size, int max_blocks, int max_partitions, float scale,
+                           const FusedQk &f) {
+    constexpr int G = MMA_ATT_G, LD = D + 8, CH = D / 8, TILE = MMA_ATT_KT * LD;
+    static_assert(D % 16 == 0 && 4 * DECODE_WARPS * G * (D + 2) <= mma_att_smem(D), "merge area");
+    extern __shared__ uint4 mma_att_area[];
+    bf16 *area = reinterpret_cast<bf16 *>(mma_att_area);
+    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + mma_att_smem(D) / 4;
+    pdl_enter();
+    DecodeCta c;
+    if (!decode_cta(c, G, cu_seqlens_q, context_lens, num_heads, num_kv_heads, max_partitions)) return;
+    const int s = c.s, p = c.p, q_token = c.q_token, nparts = c.nparts, k_begin = c.k_begin,
+              k_end = c.k_end, kvh = c.kvh, h0 = c.h0, gcount = c.gcount;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int qr = lane >> 2, qc = (lane & 3) * 2;  // fragment row (head) and column pair
+    const size_t kv_stride = (size_t)num_kv_heads * D;
+    const int b0 = k_begin / block_size;
+    if (k_end > k_begin) {
+        const unsigned *bt = block_tables + (size_t)s * max_blocks;
+        for (int i = threadIdx.x; i <= (k_end - 1) / block_size - b0; i += blockDim.x) s_bt[i] = bt[b0 + i];
+    }
+    if constexpr (FUSED)
+        fused_qk_prologue(area, f, q_token, p == nparts - 1, kvh, h0, gcount, num_heads, num_kv_heads, D,
+                          kv_stride);
+    __syncthreads();
+
+    // Q as A fragments: a0 = (row qr, columns kk*16 + qc, +1), a2 = the same 8 columns on
+    const bf16 *qsrc = FUSED ? area : q + ((size_t)q_token * num_heads + h0) * D;
+    unsigned qa[D / 16][2];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const bool row = qr < gcount;
+        qa[kk][0] = row ? *reinterpret_cast<const unsigned *>(qsrc + qr * D + kk * 16 + qc) : 0u;
+        qa[kk][1] = row ? *reinterpret_cast<const unsigned *>(qsrc + qr * D + kk * 16 + 8 + qc) : 0u;
+    }
+    if constexpr (FUSED) __syncthreads();  // the q heads are read before the rings overwrite them
+
+    // this warp's tiles: w, w + DECODE_WARPS, ... of the partition's ceil(keys / 16)
+    const int ntiles = (k_end - k_begin + MMA_ATT_KT - 1) / MMA_ATT_KT;
+    const int mine = ntiles > warp ? (ntiles - warp + DECODE_WARPS - 1) / DECODE_WARPS : 0;
+    bf16 *ring = area + warp * MMA_ATT_STAGES * 2 * TILE;
+    // Copies tile i of this warp into its stage: lane r < 16 finds key r's slot, every lane then
+    // moves 16-byte chunks of K and V rows (zeros past the partition). One commit group per tile,
+    // empty past the last, so the wait count stays fixed.
+    auto issue = [&](int i) {
+        if (i < mine) {
+            const int kb = k_begin + (warp + i * DECODE_WARPS) * MMA_ATT_KT;
+            const int pos = kb + (lane & 15);
+            unsigned slot = 0xffffffffu;
+            if (pos < k_end) slot = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
+            bf16 *sk = ring + (i % MMA_ATT_STAGES) * 2 * TILE, *sv = sk + TILE;
+#pragma unroll
+            for (int c = lane; c < MMA_ATT_KT * CH; c += 32) {
+                const int r = c / CH, ch = c % CH;
+                const unsigned sl = __shfl_sync(0xffffffffu, slot, r);
+                const size_t off = sl == 0xffffffffu ? 0 : (size_t)sl * kv_stride + (size_t)kvh * D + ch * 8;
+                cp_async16(sk + r * LD + ch * 8, k_cache + off, sl != 0xffffffffu);
+                cp_async16(sv + r * LD + ch * 8, v_cache + off, sl != 0xffffffffu);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < MMA_ATT_STAGES - 1; ++i) issue(i);
+
+    float o[D / 8][4], m = NEG_INF, l = 0.0f;  // row qr's running max, this lane's share of its sum
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int i = 0; i < mine; ++i) {
+        cp_async_wait<MMA_ATT_STAGES - 2>();
+        __syncwarp();  // every lane's copies of tile i have landed; tile i - 1's stage is free
+        issue(i + MMA_ATT_STAGES - 1);
+        const bf16 *sk = ring + (i % MMA_ATT_STAGES) * 2 * TILE, *sv = sk + TILE;
+        // S: two 8-key halves; ldmatrix matrix j = lane / 8 holds keys (j / 2) * 8 .., columns (j % 2) * 8 ..
+        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            unsigned b[4];
+            ldsm_x4<false>(b, sk + ((lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+            mma_att(sc[0], qa[kk][0], qa[kk][1], b[0], b[1]);
+            mma_att(sc[1], qa[kk][0], qa[kk][1], b[2], b[3]);
+        }
+        // online softmax of row qr: this lane has keys qc, qc + 1 of each half; its quad has all 16
+        const int kb = k_begin + (warp + i * DECODE_WARPS) * MMA_ATT_KT;
+        float mt = m;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                sc[h][e] = kb + h * 8 + qc + e < k_end ? sc[h][e] * scale : NEG_INF;
+                mt = fmaxf(mt, sc[h][e]);
+            }
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+        if (mt > m) {  // the tile's first key is in the partition, so mt is finite
+            const float a = expf(m - mt);  // 0 while m = -inf
+            l *= a;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) o[n][0] *= a, o[n][1] *= a;
+            m = mt;
+        }
+        float pr[2][2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                pr[h][e] = expf(sc[h][e] - m);  // 0 for masked keys
+                l += pr[h][e];
+            }
+        const unsigned pa0 = bf16x2_bits(pr[0][0], pr[0][1]), pa2 = bf16x2_bits(pr[1][0], pr[1][1]);
+        // O += P V: matrix j holds keys (j % 2) * 8 .., columns (j / 2) * 8 .. of a 16-column slab
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+            unsigned b[4];
+            ldsm_x4<true>(b, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + dn * 16 + (lane >> 4) * 8);
+            mma_att(o[2 * dn], pa0, pa2, b[0], b[1]);
+            mma_att(o[2 * dn + 1], pa0, pa2, b[2], b[3]);
+        }
+    }
+    cp_async_wait<0>();
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    __syncthreads();  // every warp is done with its ring: the merge area may overwrite it
+
+    float *s_max = reinterpret_cast<float *>(area);  // [DECODE_WARPS][G]
+    float *s_sum = s_max + DECODE_WARPS * G;          // [DECODE_WARPS][G]
+    float *s_acc = s_sum + DECODE_WARPS * G;          // [DECODE_WARPS][G][D]
+    if ((lane & 3) == 0) s_max[warp * G + qr] = m;
+    __syncthreads();
+    float cta_max = s_max[qr];
+    for (int w = 1; w < DECODE_WARPS; ++w) cta_max = fmaxf(cta_max, s_max[w * G + qr]);
+    const float fw = m == NEG_INF ? 0.0f : expf(m - cta_max);
+    if ((lane & 3) == 0) s_sum[warp * G + qr] = l * fw;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        s_acc[(warp * G + qr) * D + n * 8 + qc] = o[n][0] * fw;
+        s_acc[(warp * G + qr) * D + n * 8 + qc + 1] = o[n][1] * fw;
+    }
+    __syncthreads();
+    finish_partition<G>(out, ws_ml, ws_acc, done, s_max, s_sum, s_acc, s, p, nparts, q_token, h0, gcount,
+                        num_heads, D, max_partitions);
+}
+
+#define DECODE_MMA_KERNELS(D)                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma_d##D(         \
+        bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache,     \
+        const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,               \
+        const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim, int block_size,    \
+        int max_blocks, int max_partitions, float scale) {                                              \
+        const FusedQk none{};                                                                            \
+        decode_mma<D, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
+                             block_tables, num_heads, num_kv_heads, block_size, max_blocks,             \
+                             max_partitions, scale, none);                                               \
+    }                                                                                                    \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma_qk_d##D(      \
+        bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *qkv, bf16 *k_cache,         \
+        bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,                     \
+        const unsigned *block_tables, const unsigned *positions, const unsigned *slot_mapping,          \
+        const float *inv_freq, const float *q_norm, const float *k_norm, float eps,                     \
+        unsigned num_slots, int num_heads, int num_kv_heads, int head_dim, int block_size,              \
+        int max_blocks, int max_partitions, float scale) {                                              \
+        const FusedQk f{qkv, positions, slot_mapping, inv_freq, q_norm, k_norm, k_cache, v_cache,        \
+                        eps, num_slots};                                                                 \
+        decode_mma<D, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,          \
+                            context_lens, block_tables, num_heads, num_kv_heads, block_size,            \
+                            max_blocks, max_partitions, scale, f);                                       \
+    }
+
+DECODE_MMA_KERNELS(64)
+DECODE_MMA_KERNELS(128)
