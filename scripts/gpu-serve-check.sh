@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # gpu-serve-check.sh [MODEL_DIR]: issue 6's performance line on the GPU machine, after gpu-bundle (and
 # scripts/gpu-run-tests.sh to unpack): 64 concurrent streaming clients (scripts/serve_load.py: 256
-# requests of 512 random prompt tokens and 128 output tokens) against `kestrel serve`, next to
-# `kestrel bench --throughput` on the same requests with at most 64 sequences at once.
+# requests of 512 random prompt tokens and 64..192 output tokens, uniform: one fixed length would end
+# every request in the same step and send the clients' next prompts in waves) against `kestrel serve`,
+# next to `kestrel bench --throughput` on requests of the same shape with at most 64 sequences at once.
 # MODEL_DIR defaults to the 0.6B checkpoint gpu-decode-check.sh makes (/tmp/kestrel-parity/0.6b).
 # The load runs twice (the first warms the server: graph captures per batch size); both are logged.
-# Env: SERVE_ENV (e.g. "KESTREL_ATTN_MMA=1") for both the bench and the server. Logs: $OUT/serve.txt.
+# Env: SERVE_ENV (e.g. "KESTREL_ATTN_MMA=1") for both the bench and the server; KESTREL_BIN and DEVICE
+# (default .gpu/bin/kestrel, cuda: a CPU dry run takes target/debug/kestrel, cpu, and VOCAB=400 for the
+# tiny model; prompt ids are below VOCAB, default 10000). Logs: $OUT/serve.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 m=${1:-/tmp/kestrel-parity/0.6b}
 out=${OUT:-/tmp/serve-check}
 mkdir -p "$out"
 port=${PORT:-8089}
+bin=${KESTREL_BIN:-.gpu/bin/kestrel}
+device=${DEVICE:-cuda}
 read -r -a extra_env <<< "${SERVE_ENV:-}"
-requests=(--num-seqs 256 --min-input-len 512 --max-input-len 512 --min-output-len 128 --max-output-len 128)
+requests=(--num-seqs 256 --min-input-len 512 --max-input-len 512 --min-output-len 64 --max-output-len 192)
 {
-  echo "== bench --throughput: 256 requests of 512 + 128 tokens, at most 64 at once (${SERVE_ENV:-})"
-  env "${extra_env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput "${requests[@]}" \
+  echo "== bench --throughput: 256 requests of 512 + 64..192 tokens, at most 64 at once (${SERVE_ENV:-})"
+  env "${extra_env[@]}" "$bin" bench -m "$m" --device "$device" --throughput "${requests[@]}" \
     --max-num-seqs 64 2>&1
 } >> "$out/serve.txt"
-env "${extra_env[@]}" .gpu/bin/kestrel serve -m "$m" --device cuda --port "$port" --max-num-seqs 64 \
+env "${extra_env[@]}" "$bin" serve -m "$m" --device "$device" --port "$port" --max-num-seqs 64 \
   --served-model-name m > "$out/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do
@@ -30,7 +35,7 @@ done
 for round in warm-up measured; do
   echo "== serve_load.py, 64 clients ($round)" >> "$out/serve.txt"
   python3 scripts/serve_load.py "http://127.0.0.1:$port/v1" --model m --clients 64 --requests 256 \
-    --prompt-len 512 --max-tokens 128 >> "$out/serve.txt" 2>&1
+    --prompt-len 512 --min-tokens 64 --max-tokens 192 --vocab "${VOCAB:-10000}" >> "$out/serve.txt" 2>&1
 done
 kill -TERM "$pid"
 wait "$pid"

@@ -117,6 +117,8 @@ raises(openai.BadRequestError, "temperature", temperature=5)
 raises(openai.BadRequestError, "n", n=99)
 raises(openai.BadRequestError, "max_tokens", max_tokens=-1)
 raises(openai.BadRequestError, "frobnicate", extra_body={"frobnicate": 1})
+raises(openai.BadRequestError, "tool_choice", tool_choice="required")  # no tools
+raises(openai.BadRequestError, "tool_choice", tools=tools, tool_choice={"type": "function", "function": {"name": "f"}})
 try:
     client.chat.completions.create(model="no-such-model", messages=msgs)
     sys.exit("openai_client_test: FAILED: no NotFoundError for an unknown model")

@@ -6,13 +6,15 @@
 //   by ldmatrix.trans.
 // Why: the lane kernel is issue-bound (ncu: 23% warps active, shuffle reductions per key and head,
 // expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
-// 16-key tile costs each warp 32 mma, 16 ldmatrix and one softmax step for all its heads.
+// 16-key tile costs each warp 48 mma, 16 ldmatrix and one softmax step for all its heads.
 // Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
 // (cp.async, MMA_ATT_STAGES tiles of K and V, rows padded by 8 bf16: ldmatrix's 8 rows fall on
 // distinct banks); warps meet only after their last tile.
 // Numerics: S in f32 (exact bf16 products, f32 sums), softmax with a running max and expf in f32,
-// P rounded to bf16 for P.V (as HF's eager attention casts its f32 softmax to bf16 before P.V), f32
-// accumulation; l sums the f32 P. The output is rounded to bf16 once.
+// P.V with P as two bf16 terms (P = hi + lo, hi = bf16(P): 16 significant bits, within ~2^-17 of
+// the f32 P the lane and prefill kernels use, so a sequence decodes alike in a mixed step, where the
+// prefill kernel scores its row, and in a pure decode step), f32 accumulation; l sums the f32 P. The
+// output is rounded to bf16 once.
 // Launch: as attention_decode_g8 (grid (num_kv_heads * ceil(group / 8), num_seqs, max_partitions),
 // block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D) + (max_blocks + 1) u32 (src/ops/
 // attention.rs); head_dim = D.
@@ -43,9 +45,12 @@ __device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const bf16 *p) {
                      : "r"(a));
 }
 
-__device__ __forceinline__ unsigned bf16x2_bits(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const unsigned *>(&v);
+// (a, b) as bf16x2 (a in the low half), and their rounding residuals as a second bf16x2
+__device__ __forceinline__ uint2 bf16x2_split(float a, float b) {
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(a, b);
+    const __nv_bfloat162 lo =
+        __floats2bfloat162_rn(a - __bfloat162float(hi.x), b - __bfloat162float(hi.y));
+    return make_uint2(*reinterpret_cast<const unsigned *>(&hi), *reinterpret_cast<const unsigned *>(&lo));
 }
 
 // Bytes of the per-CTA area before the block-table entries: the warps' K/V rings (also the fused q
@@ -169,14 +174,16 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                 pr[h][e] = expf(sc[h][e] - m);  // 0 for masked keys
                 l += pr[h][e];
             }
-        const unsigned pa0 = bf16x2_bits(pr[0][0], pr[0][1]), pa2 = bf16x2_bits(pr[1][0], pr[1][1]);
+        const uint2 pa0 = bf16x2_split(pr[0][0], pr[0][1]), pa2 = bf16x2_split(pr[1][0], pr[1][1]);
         // O += P V: matrix j holds keys (j % 2) * 8 .., columns (j / 2) * 8 .. of a 16-column slab
 #pragma unroll
         for (int dn = 0; dn < D / 16; ++dn) {
             unsigned b[4];
             ldsm_x4<true>(b, sv + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + dn * 16 + (lane >> 4) * 8);
-            mma_att(o[2 * dn], pa0, pa2, b[0], b[1]);
-            mma_att(o[2 * dn + 1], pa0, pa2, b[2], b[3]);
+            mma_att(o[2 * dn], pa0.x, pa2.x, b[0], b[1]);
+            mma_att(o[2 * dn], pa0.y, pa2.y, b[0], b[1]);
+            mma_att(o[2 * dn + 1], pa0.x, pa2.x, b[2], b[3]);
+            mma_att(o[2 * dn + 1], pa0.y, pa2.y, b[2], b[3]);
         }
     }
     cp_async_wait<0>();
