@@ -32,6 +32,8 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<i64>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
+    /// false: at most one tool call per answer.
+    pub parallel_tool_calls: Option<bool>,
     pub chat_template_kwargs: Option<ChatTemplateKwargs>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
@@ -192,7 +194,13 @@ pub async fn chat_completions(
     // with tools offered, <tool_call> blocks in the content are calls
     let offered = tools.is_some();
     let parser = |i: usize| {
-        let calls = offered.then(|| ToolCallSplit::new(&format!("{id}_{i}"), names.clone()));
+        let limit = if req.parallel_tool_calls == Some(false) {
+            1
+        } else {
+            usize::MAX
+        };
+        let calls =
+            offered.then(|| ToolCallSplit::new(&format!("{id}_{i}"), names.clone()).at_most(limit));
         let mut p = ChoiceParser::new(state.thinking_tags, calls);
         // the forced start of a call is the output's start too (it releases nothing yet)
         p.push(forced.as_deref().unwrap_or(""), false);

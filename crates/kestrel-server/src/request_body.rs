@@ -52,15 +52,34 @@ fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 }
 
 /// Rejects fields the request type does not know (collected by its flattened catch-all map): a typo
-/// in a parameter name must not be silently ignored.
+/// in a parameter name must not be silently ignored. OpenAI parameters this server does not implement
+/// pass in their neutral form only (clients send them with default values), else get a 400 saying so.
 pub(crate) fn no_unknown(
     extra: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), ApiError> {
-    match extra.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(ApiError::invalid(
-            k.clone(),
-            format!("unknown parameter `{k}`"),
-        )),
+    for (k, v) in extra {
+        let neutral = match k.as_str() {
+            "response_format" => {
+                v.is_null() || v.get("type").and_then(Value::as_str) == Some("text")
+            }
+            "logit_bias" => v.is_null() || v.as_object().is_some_and(Map::is_empty),
+            _ => {
+                return Err(ApiError::invalid(
+                    k.clone(),
+                    format!("unknown parameter `{k}`"),
+                ))
+            }
+        };
+        if !neutral {
+            let what = match k.as_str() {
+                "response_format" => {
+                    "structured output (json_object, json_schema) is not supported: \
+                                      only {\"type\": \"text\"}"
+                }
+                _ => "logit_bias is not supported: only an empty map",
+            };
+            return Err(ApiError::invalid(k.clone(), what));
+        }
     }
+    Ok(())
 }

@@ -335,6 +335,17 @@ async fn models_health_and_every_error() {
         (with("top_logprobs", json!(3)), bad, "top_logprobs"),
         (with("logprobs", json!("yes")), bad, "logprobs"),
         (with("tool_choice", json!("sometimes")), bad, "tool_choice"),
+        (
+            with("response_format", json!({"type": "json_object"})),
+            bad,
+            "response_format",
+        ),
+        (with("logit_bias", json!({"15": 100})), bad, "logit_bias"),
+        (
+            with("parallel_tool_calls", json!("no")),
+            bad,
+            "parallel_tool_calls",
+        ),
         (with("tool_choice", json!("required")), bad, "tool_choice"),
         (
             with("tools", json!([{"type": "function", "function": {}}])),
@@ -346,11 +357,13 @@ async fn models_health_and_every_error() {
         let r = post(&app, chat, body.clone()).await;
         r.error(status, invalid, (!param.is_empty()).then_some(param));
     }
-    // the server still serves after all that
-    assert_eq!(
-        post(&app, chat, chat_body(false)).await.status,
-        StatusCode::OK
-    );
+    // the server still serves after all that, and takes those parameters in their neutral form
+    let mut neutral = chat_body(false);
+    neutral["response_format"] = json!({"type": "text"});
+    neutral["logit_bias"] = json!({});
+    neutral["parallel_tool_calls"] = json!(false);
+    let r = post(&app, chat, neutral).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
 /// The value of a Prometheus sample line `name value`.
