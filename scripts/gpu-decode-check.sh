@@ -8,7 +8,8 @@
 # Env: SKIP_TESTS=1, SKIP_PARITY=1 (then only makes the checkpoints), PARITY_SHAPES, BENCH_SHAPES,
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
-#      default, attnmma = KESTREL_ATTN_MMA=1, splitmixed, attnmma+splitmixed, or a number = KESTREL_ATTN_TARGET_CTAS;
+#      default, or words joined by +: attnmma = KESTREL_ATTN_MMA=1, attnmma3 = 3 (3-stage rings), splitmixed,
+#      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma+2048);
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant) into throughput.txt,
 #      QUANT_QUALITY=1 (the quantized-model quality test at BENCH_SHAPES, types KESTREL_QUANT_TYPES; the
 #      CPU comparisons at 0.6b only) into quant-quality-<shape>.txt,
@@ -56,6 +57,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       sampled) env=(); extra=(--temperature 0.7) ;;
       sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
       attnmma) env=(KESTREL_ATTN_MMA=1); extra=() ;;
+      attnmma3) env=(KESTREL_ATTN_MMA=3); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;
@@ -81,13 +83,19 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
   for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do
     m=/tmp/kestrel-parity/$shape
     for ctas in ${THROUGHPUT_VARIANTS:-default}; do
-      case $ctas in
-        default) env=() ;;
-        attnmma) env=(KESTREL_ATTN_MMA=1) ;;
-        splitmixed) env=(KESTREL_SPLIT_MIXED=1) ;;
-        attnmma+splitmixed) env=(KESTREL_ATTN_MMA=1 KESTREL_SPLIT_MIXED=1) ;;
-        *) env=(KESTREL_ATTN_TARGET_CTAS=$ctas) ;;
-      esac
+      # a variant is words joined by +, each adding to the environment: attnmma (2 stages), attnmma3,
+      # splitmixed, or a number (decode-attention target CTAs); default = none
+      env=()
+      IFS=+ read -r -a words <<< "$ctas"
+      for word in "${words[@]}"; do
+        case $word in
+          default) ;;
+          attnmma) env+=(KESTREL_ATTN_MMA=1) ;;
+          attnmma3) env+=(KESTREL_ATTN_MMA=3) ;;
+          splitmixed) env+=(KESTREL_SPLIT_MIXED=1) ;;
+          *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
+        esac
+      done
       {
         echo "== $shape throughput (variant: $ctas)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1

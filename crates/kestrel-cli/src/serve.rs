@@ -97,8 +97,20 @@ impl WithModel for Serve<'_> {
         let asked = format!("{}:{}", args.host, args.port);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(&asked))
-            .with_context(|| {
-                format!("listening on {asked} (is another server using the port? try --port)")
+            .map_err(|e| {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "another program is using the port: pick another with --port"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "ports below 1024 need privileges: pick another with --port"
+                    }
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "this machine has no such address: check --host"
+                    }
+                    _ => "check --host and --port",
+                };
+                anyhow::anyhow!("cannot listen on {asked}: {e} ({hint})")
             })?;
         // the port the system chose for --port 0
         let addr = listener.local_addr().map_or(asked, |a| a.to_string());

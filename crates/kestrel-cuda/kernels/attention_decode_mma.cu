@@ -8,7 +8,7 @@
 // expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
 // 16-key tile costs each warp 48 mma, 16 ldmatrix and one softmax step for all its heads.
 // Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
-// (cp.async, MMA_ATT_STAGES tiles of K and V, rows padded by 8 bf16: ldmatrix's 8 rows fall on
+// (cp.async, S stages of a K and a V tile (S = 2, or 3 in the _s3 instances), rows padded by 8 bf16: ldmatrix's 8 rows fall on
 // distinct banks); warps meet only after their last tile.
 // Numerics: S in f32 (exact bf16 products, f32 sums), softmax with a running max and expf in f32,
 // P.V with P as two bf16 terms (P = hi + lo, hi = bf16(P): 16 significant bits, within ~2^-17 of
@@ -16,13 +16,12 @@
 // prefill kernel scores its row, and in a pure decode step), f32 accumulation; l sums the f32 P. The
 // output is rounded to bf16 once.
 // Launch: as attention_decode_g8 (grid (num_kv_heads * ceil(group / 8), num_seqs, max_partitions),
-// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D) + (max_blocks + 1) u32 (src/ops/
+// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, S) + (max_blocks + 1) u32 (src/ops/
 // attention.rs); head_dim = D.
 #include "attention_decode.cuh"
 
 #define MMA_ATT_G 8
 #define MMA_ATT_KT 16
-#define MMA_ATT_STAGES 2
 
 __device__ __forceinline__ void mma_att(float (&c)[4], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
     asm volatile(
@@ -55,11 +54,11 @@ __device__ __forceinline__ uint2 bf16x2_split(float a, float b) {
 
 // Bytes of the per-CTA area before the block-table entries: the warps' K/V rings (also the fused q
 // heads before the loop and the merge partials after it).
-__host__ __device__ constexpr int mma_att_smem(int d) {
-    return DECODE_WARPS * MMA_ATT_STAGES * 2 * MMA_ATT_KT * (d + 8) * 2;
+__host__ __device__ constexpr int mma_att_smem(int d, int stages) {
+    return DECODE_WARPS * stages * 2 * MMA_ATT_KT * (d + 8) * 2;
 }
 
-template <int D, bool FUSED>
+template <int D, int S, bool FUSED>
 __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, float *__restrict__ ws_acc,
                            unsigned *__restrict__ done, const bf16 *__restrict__ q,
                            const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
@@ -69,10 +68,10 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                            int block_size, int max_blocks, int max_partitions, float scale,
                            const FusedQk &f) {
     constexpr int G = MMA_ATT_G, LD = D + 8, CH = D / 8, TILE = MMA_ATT_KT * LD;
-    static_assert(D % 16 == 0 && 4 * DECODE_WARPS * G * (D + 2) <= mma_att_smem(D), "merge area");
+    static_assert(D % 16 == 0 && 4 * DECODE_WARPS * G * (D + 2) <= mma_att_smem(D, S), "merge area");
     extern __shared__ uint4 mma_att_area[];
     bf16 *area = reinterpret_cast<bf16 *>(mma_att_area);
-    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + mma_att_smem(D) / 4;
+    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + mma_att_smem(D, S) / 4;
     pdl_enter();
     DecodeCta c;
     if (!decode_cta(c, G, cu_seqlens_q, context_lens, num_heads, num_kv_heads, max_partitions)) return;
@@ -105,7 +104,7 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
     // this warp's tiles: w, w + DECODE_WARPS, ... of the partition's ceil(keys / 16)
     const int ntiles = (k_end - k_begin + MMA_ATT_KT - 1) / MMA_ATT_KT;
     const int mine = ntiles > warp ? (ntiles - warp + DECODE_WARPS - 1) / DECODE_WARPS : 0;
-    bf16 *ring = area + warp * MMA_ATT_STAGES * 2 * TILE;
+    bf16 *ring = area + warp * S * 2 * TILE;
     // Copies tile i of this warp into its stage: lane r < 16 finds key r's slot, every lane then
     // moves 16-byte chunks of K and V rows (zeros past the partition). One commit group per tile,
     // empty past the last, so the wait count stays fixed.
@@ -115,7 +114,7 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
             const int pos = kb + (lane & 15);
             unsigned slot = 0xffffffffu;
             if (pos < k_end) slot = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
-            bf16 *sk = ring + (i % MMA_ATT_STAGES) * 2 * TILE, *sv = sk + TILE;
+            bf16 *sk = ring + (i % S) * 2 * TILE, *sv = sk + TILE;
 #pragma unroll
             for (int c = lane; c < MMA_ATT_KT * CH; c += 32) {
                 const int r = c / CH, ch = c % CH;
@@ -128,16 +127,16 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
         cp_async_commit();
     };
 #pragma unroll
-    for (int i = 0; i < MMA_ATT_STAGES - 1; ++i) issue(i);
+    for (int i = 0; i < S - 1; ++i) issue(i);
 
     float o[D / 8][4], m = NEG_INF, l = 0.0f;  // row qr's running max, this lane's share of its sum
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     for (int i = 0; i < mine; ++i) {
-        cp_async_wait<MMA_ATT_STAGES - 2>();
+        cp_async_wait<S - 2>();
         __syncwarp();  // every lane's copies of tile i have landed; tile i - 1's stage is free
-        issue(i + MMA_ATT_STAGES - 1);
-        const bf16 *sk = ring + (i % MMA_ATT_STAGES) * 2 * TILE, *sv = sk + TILE;
+        issue(i + S - 1);
+        const bf16 *sk = ring + (i % S) * 2 * TILE, *sv = sk + TILE;
         // S: two 8-key halves; ldmatrix matrix j = lane / 8 holds keys (j / 2) * 8 .., columns (j % 2) * 8 ..
         float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
@@ -210,18 +209,18 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                         num_heads, D, max_partitions);
 }
 
-#define DECODE_MMA_KERNELS(D)                                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma_d##D(         \
+#define DECODE_MMA_KERNELS(D, S, SUFFIX)                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma##SUFFIX##_d##D(         \
         bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache,     \
         const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,               \
         const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim, int block_size,    \
         int max_blocks, int max_partitions, float scale) {                                              \
         const FusedQk none{};                                                                            \
-        decode_mma<D, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
+        decode_mma<D, S, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
                              block_tables, num_heads, num_kv_heads, block_size, max_blocks,             \
                              max_partitions, scale, none);                                               \
     }                                                                                                    \
-    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma_qk_d##D(      \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma_qk##SUFFIX##_d##D(      \
         bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *qkv, bf16 *k_cache,         \
         bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,                     \
         const unsigned *block_tables, const unsigned *positions, const unsigned *slot_mapping,          \
@@ -230,10 +229,13 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
         int max_blocks, int max_partitions, float scale) {                                              \
         const FusedQk f{qkv, positions, slot_mapping, inv_freq, q_norm, k_norm, k_cache, v_cache,        \
                         eps, num_slots};                                                                 \
-        decode_mma<D, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,          \
+        decode_mma<D, S, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,          \
                             context_lens, block_tables, num_heads, num_kv_heads, block_size,            \
                             max_blocks, max_partitions, scale, f);                                       \
     }
 
-DECODE_MMA_KERNELS(64)
-DECODE_MMA_KERNELS(128)
+// two stages a warp (3 CTAs an SM at D = 128), or three (2 CTAs an SM, two tiles in flight a warp)
+DECODE_MMA_KERNELS(64, 2, )
+DECODE_MMA_KERNELS(128, 2, )
+DECODE_MMA_KERNELS(64, 3, _s3)
+DECODE_MMA_KERNELS(128, 3, _s3)

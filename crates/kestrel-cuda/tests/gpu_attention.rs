@@ -300,13 +300,17 @@ fn check(
     // one-query rows through each decode kernel (the tensor-core one where it has the head dim)
     let decodes = seqs.iter().any(|&(q, _)| q == 1);
     let kernels = if decodes {
-        vec![DecodeKernel::Lanes, DecodeKernel::Mma]
+        vec![
+            DecodeKernel::Lanes,
+            DecodeKernel::Mma { stages: 2 },
+            DecodeKernel::Mma { stages: 3 },
+        ]
     } else {
         vec![DecodeKernel::Lanes]
     };
     for split in if mixed { vec![false, true] } else { vec![true] } {
         for &kernel in &kernels {
-            if !split && kernel == DecodeKernel::Mma {
+            if !split && kernel != DecodeKernel::Lanes {
                 continue; // no decode kernel in that run
             }
             let got = b.run(dev, max_partitions, split, kernel).unwrap();
@@ -671,7 +675,11 @@ fn fused_qk_decode_matches_the_two_launches() {
         ((14, 2, 64), false), // Qwen2-0.5B: group 7, no q/k norms
     ] {
         for partitions in [1, 4, 32] {
-            for kernel in [DecodeKernel::Lanes, DecodeKernel::Mma] {
+            for kernel in [
+                DecodeKernel::Lanes,
+                DecodeKernel::Mma { stages: 2 },
+                DecodeKernel::Mma { stages: 3 },
+            ] {
                 let what = format!("heads {heads:?}, {partitions} partitions, {kernel:?}");
                 check_fused_qk(
                     dev, &mut rng, &what, heads, &seqs, partitions, norms, kernel,

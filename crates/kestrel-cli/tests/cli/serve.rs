@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use super::support::{cache_dir, real_model_path, tiny_dir, ROOT};
+use super::support::{cache_dir, fails, real_model_path, tiny_dir, ROOT};
 
 fn python_site() -> PathBuf {
     cache_dir().join("py")
@@ -230,4 +230,22 @@ fn serve_answers_the_openai_client_and_stops_on_sigterm() {
             .any(|l| l.contains("panicked") || l.starts_with("error")),
         "kestrel serve's stderr: {rest:?}"
     );
+}
+
+/// A port in use, a host that is no address: a clear error naming the flag, no panic.
+#[test]
+fn serve_explains_where_it_cannot_listen() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let tiny = tiny_dir();
+    let model = tiny.to_str().unwrap();
+    let base = ["serve", "-m", model, "--device", "cpu"];
+    let in_use: Vec<&str> = base.iter().copied().chain(["--port", &port]).collect();
+    fails(&in_use, &["cannot listen on 127.0.0.1:", "--port"]);
+    let no_host: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--host", "999.1.1.1", "--port", "0"])
+        .collect();
+    fails(&no_host, &["cannot listen on 999.1.1.1:0", "--host"]);
 }

@@ -65,41 +65,45 @@ pub struct AttnBatch<'a, U> {
 /// The decode-attention kernels (one query per sequence).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DecodeKernel {
-    /// [`DecodeKernel::Mma`] when `KESTREL_ATTN_MMA=1`, else [`DecodeKernel::Lanes`] (until the
-    /// tensor-core kernel is measured).
+    /// [`DecodeKernel::Mma`] when `KESTREL_ATTN_MMA` is 1 or 2 (2 stages) or 3 (3 stages), else
+    /// [`DecodeKernel::Lanes`] (until the tensor-core kernel is measured).
     #[default]
     Auto,
     /// kernels/attention_decode.cuh: lane groups own keys, f32 FMAs and shuffle reductions.
     Lanes,
     /// kernels/attention_decode_mma.cu: a GQA group's heads as the rows of mma.m16n8k16 against
-    /// 16-key tiles. For head dims in [`MMA_HEAD_DIMS`] (others take the lane kernel).
-    Mma,
+    /// 16-key tiles, each warp's K/V ring `stages` (2 or 3) tiles deep. For head dims in
+    /// [`MMA_HEAD_DIMS`] (others take the lane kernel).
+    Mma { stages: usize },
 }
 
 /// Head dimensions with a tensor-core decode instance (`attention_decode_mma_d{D}`).
 pub const MMA_HEAD_DIMS: [usize; 2] = [64, 128];
 
 impl DecodeKernel {
-    /// Whether this choice runs the tensor-core kernel for `head_dim`.
-    fn uses_mma(self, head_dim: usize) -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let wanted = match self {
-            DecodeKernel::Lanes => false,
-            DecodeKernel::Mma => true,
+    /// The tensor-core kernel's ring stages when this choice runs it for `head_dim`.
+    fn mma_stages(self, head_dim: usize) -> Option<usize> {
+        static ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let stages = match self {
+            DecodeKernel::Lanes => None,
+            DecodeKernel::Mma { stages } => Some(stages),
             DecodeKernel::Auto => {
-                *ON.get_or_init(|| std::env::var("KESTREL_ATTN_MMA").is_ok_and(|v| v == "1"))
+                *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
+                    Ok("1" | "2") => Some(2),
+                    Ok("3") => Some(3),
+                    _ => None,
+                })
             }
         };
-        wanted && MMA_HEAD_DIMS.contains(&head_dim)
+        stages.filter(|_| MMA_HEAD_DIMS.contains(&head_dim))
     }
 }
 
 /// Warps per decode CTA; must match kernels/attention_decode_merge.cuh.
 const DECODE_WARPS: usize = 4;
-/// Keys per warp tile and ring stages of the tensor-core decode kernel, and its heads per CTA; must
-/// match kernels/attention_decode_mma.cu.
+/// Keys per warp tile of the tensor-core decode kernel, and its heads per CTA; must match
+/// kernels/attention_decode_mma.cu.
 const MMA_ATT_KT: usize = 16;
-const MMA_ATT_STAGES: usize = 2;
 const MMA_ATT_G: usize = 8;
 /// Query/key tile sizes and threads of the prefill kernel; must match kernels/attention_prefill.cu.
 const PREFILL_BQ: usize = 64;
@@ -160,11 +164,24 @@ fn decode_smem_bytes(g: usize, head_dim: usize, max_blocks_per_seq: usize) -> us
     ring + DECODE_WARPS * g * (head_dim + 2) * 4 + (max_blocks_per_seq + 1) * 4
 }
 
-/// Bytes of dynamic shared memory of `attention_decode_mma_d{head_dim}`: each warp's ring of K and V
-/// tiles (rows padded by 8 bf16), then the partition's block-table entries.
-fn decode_mma_smem_bytes(head_dim: usize, max_blocks_per_seq: usize) -> usize {
-    DECODE_WARPS * MMA_ATT_STAGES * 2 * MMA_ATT_KT * (head_dim + 8) * 2
-        + (max_blocks_per_seq + 1) * 4
+/// Bytes of dynamic shared memory of `attention_decode_mma*_d{head_dim}`: each warp's ring of
+/// `stages` K and V tiles (rows padded by 8 bf16), then the partition's block-table entries.
+fn decode_mma_smem_bytes(head_dim: usize, stages: usize, max_blocks_per_seq: usize) -> usize {
+    DECODE_WARPS * stages * 2 * MMA_ATT_KT * (head_dim + 8) * 2 + (max_blocks_per_seq + 1) * 4
+}
+
+/// The tensor-core decode kernel's name (kernels/attention_decode_mma.cu's instances).
+fn decode_mma_name(fused: bool, head_dim: usize, stages: usize) -> &'static str {
+    match (fused, stages, head_dim) {
+        (false, 3, 64) => "attention_decode_mma_s3_d64",
+        (false, 3, _) => "attention_decode_mma_s3_d128",
+        (false, _, 64) => "attention_decode_mma_d64",
+        (false, _, _) => "attention_decode_mma_d128",
+        (true, 3, 64) => "attention_decode_mma_qk_s3_d64",
+        (true, 3, _) => "attention_decode_mma_qk_s3_d128",
+        (true, _, 64) => "attention_decode_mma_qk_d64",
+        (true, _, _) => "attention_decode_mma_qk_d128",
+    }
 }
 
 /// Shared memory a CTA may opt in to (sm_80 and sm_90 give at least this).
@@ -521,21 +538,16 @@ fn run<U: DevicePtr<u32>>(
 
     let group = num_heads / num_kv_heads;
     let fused = matches!(queries, Queries::Fused(_));
-    let mma = batch.decode_kernel.uses_mma(head_dim);
-    let g = if mma {
+    let mma = batch.decode_kernel.mma_stages(head_dim);
+    let g = if mma.is_some() {
         MMA_ATT_G
     } else {
         decode_heads_per_cta(group)
     };
     let (kernel, name) = match (fused, g) {
-        _ if mma => (
+        _ if mma.is_some() => (
             &ATTENTION_DECODE_MMA,
-            match (fused, head_dim) {
-                (false, 64) => "attention_decode_mma_d64",
-                (false, _) => "attention_decode_mma_d128",
-                (true, 64) => "attention_decode_mma_qk_d64",
-                (true, _) => "attention_decode_mma_qk_d128",
-            },
+            decode_mma_name(fused, head_dim, mma.unwrap_or(2)),
         ),
         (false, 1) => (&ATTENTION_DECODE, "attention_decode_g1"),
         (false, 2) => (&ATTENTION_DECODE, "attention_decode_g2"),
@@ -550,8 +562,8 @@ fn run<U: DevicePtr<u32>>(
     let acc = ml + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
     let done = bufs.counters.0;
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
-    let decode_smem = if mma {
-        decode_mma_smem_bytes(head_dim, max_blocks_per_seq)
+    let decode_smem = if let Some(stages) = mma {
+        decode_mma_smem_bytes(head_dim, stages, max_blocks_per_seq)
     } else {
         decode_smem_bytes(g, head_dim, max_blocks_per_seq)
     };
@@ -652,25 +664,19 @@ mod tests {
             .unwrap();
         assert!(merge_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
         let mma = ATTENTION_DECODE_MMA.source;
-        for (name, v) in [
-            ("MMA_ATT_G", MMA_ATT_G),
-            ("MMA_ATT_KT", MMA_ATT_KT),
-            ("MMA_ATT_STAGES", MMA_ATT_STAGES),
-        ] {
+        for (name, v) in [("MMA_ATT_G", MMA_ATT_G), ("MMA_ATT_KT", MMA_ATT_KT)] {
             assert!(mma.contains(&format!("#define {name} {v}\n")), "{name}");
         }
         for d in MMA_HEAD_DIMS {
-            assert!(mma.contains(&format!("DECODE_MMA_KERNELS({d})\n")));
-            assert!(decode_mma_smem_bytes(d, 256) <= MAX_SMEM);
-        }
-        for g in [1, 2, 4, 8] {
-            let (u, s) = (decode_keys_per_lane_group(g), decode_ring_stages(g));
-            assert!(ATTENTION_DECODE_QK
-                .source
-                .contains(&format!("DECODE_QK_KERNEL({g}, {u}, {s})")));
-            assert!(ATTENTION_DECODE
-                .source
-                .contains(&format!("DECODE_KERNEL({g}, {u}, {s})")));
+            for (stages, suffix) in [(2, ""), (3, "_s3")] {
+                assert!(mma.contains(&format!("DECODE_MMA_KERNELS({d}, {stages}, {suffix})\n")));
+                for fused in [false, true] {
+                    let qk = if fused { "_qk" } else { "" };
+                    let want = format!("attention_decode_mma{qk}{suffix}_d{d}");
+                    assert_eq!(decode_mma_name(fused, d, stages), want);
+                }
+                assert!(decode_mma_smem_bytes(d, stages, 256) <= MAX_SMEM);
+            }
         }
     }
 
