@@ -116,8 +116,8 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
             if (pos < k_end) slot = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
             bf16 *sk = ring + (i % S) * 2 * TILE, *sv = sk + TILE;
 #pragma unroll
-            for (int c = lane; c < MMA_ATT_KT * CH; c += 32) {
-                const int r = c / CH, ch = c % CH;
+            for (int k = lane; k < MMA_ATT_KT * CH; k += 32) {
+                const int r = k / CH, ch = k % CH;
                 const unsigned sl = __shfl_sync(0xffffffffu, slot, r);
                 const size_t off = sl == 0xffffffffu ? 0 : (size_t)sl * kv_stride + (size_t)kvh * D + ch * 8;
                 cp_async16(sk + r * LD + ch * 8, k_cache + off, sl != 0xffffffffu);
