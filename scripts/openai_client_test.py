@@ -49,6 +49,7 @@ def streamed_chat(messages, **kw):
 # models
 ids = [m.id for m in client.models.list()]
 check(ids == [model], f"models.list() gave {ids}")
+check(client.models.retrieve(model).id == model, "models.retrieve()")
 
 # chat, whole and streamed, thinking on and off
 msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]

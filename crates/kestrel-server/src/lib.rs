@@ -23,7 +23,7 @@ pub mod tool_choice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,7 @@ use kestrel::engine::handle::{EngineHandle, RequestStream};
 use kestrel::engine::request::Prompt;
 use kestrel::engine::sampling::SamplingParams;
 use kestrel::tokenizer::ChatTemplate;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -148,6 +148,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models))
+        // ids may hold slashes (a repo id, a file path)
+        .route("/v1/models/{*id}", get(model))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), count_status));
     Router::new()
@@ -195,16 +197,26 @@ async fn health() -> impl IntoResponse {
     (StatusCode::OK, Json(json!({"status": "ok"})))
 }
 
+fn model_card(state: &AppState) -> Value {
+    json!({
+        "id": state.config.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "kestrel",
+    })
+}
+
 async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.config.model_name,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "kestrel",
-        }],
-    }))
+    Json(json!({"object": "list", "data": [model_card(&state)]}))
+}
+
+/// `GET /v1/models/{id}` (the client's `models.retrieve`): the served model's card, or 404.
+async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.check_model(&id)?;
+    Ok(Json(model_card(&state)))
 }
 
 async fn unknown_route(req: Request) -> ApiError {

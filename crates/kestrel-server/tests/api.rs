@@ -264,6 +264,18 @@ async fn models_health_and_every_error() {
     assert_eq!(h.status, StatusCode::OK);
     let m = call(&app, "GET", "/v1/models", Body::empty(), Some(KEY)).await;
     assert_eq!(m.json()["data"][0]["id"], "tiny");
+    let one = call(&app, "GET", "/v1/models/tiny", Body::empty(), Some(KEY)).await;
+    assert_eq!(
+        (one.status, one.json()["id"].clone()),
+        (StatusCode::OK, json!("tiny"))
+    );
+    call(&app, "GET", "/v1/models/gpt-4", Body::empty(), Some(KEY))
+        .await
+        .error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+        );
 
     let chat = "/v1/chat/completions";
     let bad = StatusCode::BAD_REQUEST;
