@@ -82,11 +82,11 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
   # issue 5: the engine on nano-vllm's bench.py workload and the concurrency sweep; batched decode
   for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do
     m=/tmp/kestrel-parity/$shape
-    for ctas in ${THROUGHPUT_VARIANTS:-default}; do
+    for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnmma (2 stages), attnmma3,
       # splitmixed, or a number (decode-attention target CTAs); default = none
       env=()
-      IFS=+ read -r -a words <<< "$ctas"
+      IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
         case $word in
           default) ;;
@@ -97,14 +97,14 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
         esac
       done
       {
-        echo "== $shape throughput (variant: $ctas)"
+        echo "== $shape throughput (variant: $variant)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
-        echo "== $shape sweep ($ctas)"
+        echo "== $shape sweep ($variant)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
-        echo "== $shape batch 64 ($ctas)"
+        echo "== $shape batch 64 ($variant)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --batch 64 -p 512 -n 128 -r 1 2>&1
         if [ -n "${THROUGHPUT_TEMPERATURE:-}" ]; then
-          echo "== $shape throughput at temperature $THROUGHPUT_TEMPERATURE ($ctas)"
+          echo "== $shape throughput at temperature $THROUGHPUT_TEMPERATURE ($variant)"
           env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput --temperature "$THROUGHPUT_TEMPERATURE" 2>&1
         fi
       } >> "$out/throughput.txt"

@@ -192,13 +192,13 @@ pub async fn chat_completions(
     let streams = state.engine_requests(Prompt::Text(prompt), &params, n)?;
     let id = state.response_id("chatcmpl");
     // with tools offered, <tool_call> blocks in the content are calls
-    let offered = tools.is_some();
+    let offered = choice.offered();
+    let limit = if req.parallel_tool_calls == Some(false) {
+        1
+    } else {
+        usize::MAX
+    };
     let parser = |i: usize| {
-        let limit = if req.parallel_tool_calls == Some(false) {
-            1
-        } else {
-            usize::MAX
-        };
         let calls =
             offered.then(|| ToolCallSplit::new(&format!("{id}_{i}"), names.clone()).at_most(limit));
         let mut p = ChoiceParser::new(state.thinking_tags, calls);

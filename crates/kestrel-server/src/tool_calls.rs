@@ -210,14 +210,18 @@ impl ToolCallSplit {
             Block::Head { .. } => out.content = format!("{OPEN}{rest}"),
             Block::Args {
                 args_start, sent, ..
-            } => {
-                let piece = final_args(&rest, args_start).get(sent..).unwrap_or("");
-                if !piece.is_empty() {
-                    self.more_args(piece, &mut out.calls);
-                }
-            }
+            } => self.rest_of_args(&rest, args_start, sent, &mut out.calls),
         }
         out
+    }
+
+    /// The arguments of the started call in `text` (from `args_start`, `sent` bytes of them out) that
+    /// are not out yet.
+    fn rest_of_args(&self, text: &str, args_start: usize, sent: usize, calls: &mut Vec<Value>) {
+        let piece = final_args(text, args_start).get(sent..).unwrap_or("");
+        if !piece.is_empty() {
+            self.more_args(piece, calls);
+        }
     }
 
     /// A block's body, complete: the rest of a started call's arguments, or (another shape) the
@@ -226,13 +230,7 @@ impl ToolCallSplit {
         let head = match self.block {
             Block::Args {
                 args_start, sent, ..
-            } => {
-                let piece = final_args(body, args_start).get(sent..).unwrap_or("");
-                if !piece.is_empty() {
-                    self.more_args(piece, &mut out.calls);
-                }
-                return;
-            }
+            } => return self.rest_of_args(body, args_start, sent, &mut out.calls),
             // read the head as a stream would have, so the arguments are the same text
             Block::Head { other: false } => head(body),
             _ => Head::Other,

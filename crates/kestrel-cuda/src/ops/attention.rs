@@ -544,19 +544,19 @@ fn run<U: DevicePtr<u32>>(
     } else {
         decode_heads_per_cta(group)
     };
-    let (kernel, name) = match (fused, g) {
-        _ if mma.is_some() => (
+    let (kernel, name) = match (fused, g, mma) {
+        (_, _, Some(stages)) => (
             &ATTENTION_DECODE_MMA,
-            decode_mma_name(fused, head_dim, mma.unwrap_or(2)),
+            decode_mma_name(fused, head_dim, stages),
         ),
-        (false, 1) => (&ATTENTION_DECODE, "attention_decode_g1"),
-        (false, 2) => (&ATTENTION_DECODE, "attention_decode_g2"),
-        (false, 4) => (&ATTENTION_DECODE, "attention_decode_g4"),
-        (false, _) => (&ATTENTION_DECODE, "attention_decode_g8"),
-        (true, 1) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g1"),
-        (true, 2) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g2"),
-        (true, 4) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g4"),
-        (true, _) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g8"),
+        (false, 1, _) => (&ATTENTION_DECODE, "attention_decode_g1"),
+        (false, 2, _) => (&ATTENTION_DECODE, "attention_decode_g2"),
+        (false, 4, _) => (&ATTENTION_DECODE, "attention_decode_g4"),
+        (false, _, _) => (&ATTENTION_DECODE, "attention_decode_g8"),
+        (true, 1, _) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g1"),
+        (true, 2, _) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g2"),
+        (true, 4, _) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g4"),
+        (true, _, _) => (&ATTENTION_DECODE_QK, "attention_decode_qk_g8"),
     };
     let ml = bufs.workspace.0;
     let acc = ml + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
