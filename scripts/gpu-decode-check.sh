@@ -2,14 +2,14 @@
 # gpu-decode-check.sh: one device call that checks and times the CUDA backend at full size:
 # every bundled kestrel_cuda test, the parity check (0.6B and 4B, checkpoints kept), then
 # `kestrel bench` at both shapes in each of $VARIANTS (default: pdl nopdl nofuse eager: PDL on,
-# KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager; nofuseqk = KESTREL_FUSE_QK=0; attnmma = KESTREL_ATTN_MMA=1; sampled[-eager] =
+# KESTREL_PDL=0, KESTREL_FUSE_NORM=0, --eager; nofuseqk = KESTREL_FUSE_QK=0; attnlanes = KESTREL_ATTN_MMA=0 (the lane decode attention); attnmma3 = 3; sampled[-eager] =
 # tg at temperature 0.7 on the GPU sampler; none), and with NCU=1 the per-kernel GPU time of a few
 # eager decode steps (ncu, caches and clocks left alone) into ncu-<shape>.csv.
 # Env: SKIP_TESTS=1, SKIP_PARITY=1 (then only makes the checkpoints), PARITY_SHAPES, BENCH_SHAPES,
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
-#      default, or words joined by +: attnmma = KESTREL_ATTN_MMA=1, attnmma3 = 3 (3-stage rings), splitmixed,
-#      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma+2048);
+#      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), splitmixed,
+#      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant) into throughput.txt,
 #      QUANT_QUALITY=1 (the quantized-model quality test at BENCH_SHAPES, types KESTREL_QUANT_TYPES; the
 #      CPU comparisons at 0.6b only) into quant-quality-<shape>.txt,
@@ -56,7 +56,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       nofuseqk) env=(KESTREL_FUSE_QK=0); extra=() ;;
       sampled) env=(); extra=(--temperature 0.7) ;;
       sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
-      attnmma) env=(KESTREL_ATTN_MMA=1); extra=() ;;
+      attnlanes) env=(KESTREL_ATTN_MMA=0); extra=() ;;
       attnmma3) env=(KESTREL_ATTN_MMA=3); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
@@ -83,14 +83,14 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
   for shape in ${THROUGHPUT_SHAPES:-0.6b 4b}; do
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
-      # a variant is words joined by +, each adding to the environment: attnmma (2 stages), attnmma3,
+      # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
       # splitmixed, or a number (decode-attention target CTAs); default = none
       env=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
         case $word in
           default) ;;
-          attnmma) env+=(KESTREL_ATTN_MMA=1) ;;
+          attnlanes) env+=(KESTREL_ATTN_MMA=0) ;;
           attnmma3) env+=(KESTREL_ATTN_MMA=3) ;;
           splitmixed) env+=(KESTREL_SPLIT_MIXED=1) ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;

@@ -6,7 +6,7 @@
 # next to `kestrel bench --throughput` on requests of the same shape with at most 64 sequences at once.
 # MODEL_DIR defaults to the 0.6B checkpoint gpu-decode-check.sh makes (/tmp/kestrel-parity/0.6b).
 # The load runs twice (the first warms the server: graph captures per batch size); both are logged.
-# Env: SERVE_ENV (e.g. "KESTREL_ATTN_MMA=1") for both the bench and the server; KESTREL_BIN and DEVICE
+# Env: SERVE_ENV (e.g. "KESTREL_ATTN_MMA=0") for both the bench and the server; KESTREL_BIN and DEVICE
 # (default .gpu/bin/kestrel, cuda: a CPU dry run takes target/debug/kestrel, cpu, and VOCAB=400 for the
 # tiny model; prompt ids are below VOCAB, default 10000). Logs: $OUT/serve.txt.
 set -uo pipefail

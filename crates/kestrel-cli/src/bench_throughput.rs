@@ -215,10 +215,16 @@ pub fn run<B: Backend>(
             );
         }
         let start = Instant::now();
+        let timing0 = engine.backend().host_timing();
+        let mut split = StepSplit::default();
         let mut prefill_done = None;
         let mut generated = 0usize;
         let mut after_prefill = 0usize;
         while engine.has_unfinished() {
+            let step_start = Instant::now();
+            let step_timing = engine.backend().host_timing().unwrap_or_default();
+            let computed0 = engine.stats().computed_tokens;
+            let generated0 = generated;
             for o in engine.step()? {
                 generated += o.new_token_ids.len();
                 if prefill_done.is_some() {
@@ -228,11 +234,23 @@ pub fn run<B: Backend>(
                     first[i] = true;
                 }
             }
+            let timing = engine.backend().host_timing().unwrap_or_default();
+            split.add(
+                step_start.elapsed().as_secs_f64(),
+                timing.waited_s - step_timing.waited_s,
+                timing.decode_prep_s - step_timing.decode_prep_s,
+                engine.stats().computed_tokens - computed0,
+                generated - generated0,
+            );
             if prefill_done.is_none() && first.iter().all(|&f| f) {
                 prefill_done = Some(start.elapsed());
             }
         }
         let total = start.elapsed().as_secs_f64();
+        let host_s = match (timing0, engine.backend().host_timing()) {
+            (Some(t0), Some(t1)) => Some(total - (t1.waited_s - t0.waited_s)),
+            _ => None,
+        };
         let st = engine.stats();
         let preemptions = st.preemptions - s0.preemptions;
         let prompt_tokens: usize = reqs.iter().map(|r| r.prompt.len()).sum();
@@ -252,7 +270,11 @@ pub fn run<B: Backend>(
                 "num_seqs": reqs.len(), "prompt_tokens": prompt_tokens, "output_tokens": generated,
                 "seconds": total, "output_tok_s": generated as f64 / total.max(1e-9),
                 "total_tok_s": (prompt_tokens + generated) as f64 / total.max(1e-9),
-                "steps": st.steps - s0.steps, "preemptions": preemptions, "kv_tokens": tokens}),
+                "steps": st.steps - s0.steps, "preemptions": preemptions, "kv_tokens": tokens,
+                "decode_steps": split.decode_steps, "decode_seconds": split.decode_s,
+                "decode_step_rows": split.decode_rows, "decode_waited_seconds": split.decode_waited_s,
+                "decode_prep_seconds": split.decode_prep_s, "prefill_steps": split.prefill_steps,
+                "prefill_seconds": split.prefill_s, "host_seconds": host_s}),
             );
         }
     }
@@ -289,6 +311,65 @@ pub fn run<B: Backend>(
             r["preemptions"],
             tokens
         );
+        println!("{}", split_line(r));
     }
     Ok(())
+}
+
+/// Where a throughput run's time went, step by step: steps that only decode (one token per sequence)
+/// and steps with prompt tokens (chunked prefill, alone or mixed with decodes).
+#[derive(Default)]
+struct StepSplit {
+    decode_steps: u64,
+    decode_s: f64,
+    /// Sequences summed over the decode-only steps (their mean batch is this / decode_steps).
+    decode_rows: u64,
+    /// Of decode_s: blocked on the device's results, and preparing the launch (backend's count).
+    decode_waited_s: f64,
+    decode_prep_s: f64,
+    prefill_steps: u64,
+    prefill_s: f64,
+}
+
+impl StepSplit {
+    /// A step of `seconds` (`waited` of them blocked on the device, `prep` preparing a decode
+    /// launch) that fed `computed` tokens to the model and produced `generated`.
+    fn add(&mut self, seconds: f64, waited: f64, prep: f64, computed: u64, generated: usize) {
+        if computed > 0 && computed == generated as u64 {
+            self.decode_steps += 1;
+            self.decode_s += seconds;
+            self.decode_waited_s += waited;
+            self.decode_prep_s += prep;
+            self.decode_rows += computed;
+        } else {
+            self.prefill_steps += 1;
+            self.prefill_s += seconds;
+        }
+    }
+}
+
+/// The run's split as one line: decode-only and prefill steps, and the host work the device waited
+/// for (wall time minus time blocked on the device's results; an upper bound, as a step that samples
+/// nothing does not wait).
+fn split_line(r: &serde_json::Value) -> String {
+    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let decode_steps = f("decode_steps");
+    let mut line = format!(
+        "steps: {} decode-only ({:.2} s, {:.1} sequences each on average), {} with prompt tokens ({:.2} s)",
+        r["decode_steps"],
+        f("decode_seconds"),
+        f("decode_step_rows") / decode_steps.max(1.0),
+        r["prefill_steps"],
+        f("prefill_seconds"),
+    );
+    if let Some(host) = r["host_seconds"].as_f64() {
+        line += &format!(
+            "; host work the device waited for: {host:.2} s ({:.0}% of the run; in decode-only \
+             steps {:.2} s, {:.2} s of it preparing launches)",
+            100.0 * host / f("seconds").max(1e-9),
+            f("decode_seconds") - f("decode_waited_seconds"),
+            f("decode_prep_seconds"),
+        );
+    }
+    line
 }

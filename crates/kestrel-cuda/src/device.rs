@@ -11,11 +11,11 @@
 //!   events recorded outside a CUDA graph capture would break the capture.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUresult;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DeviceRepr};
 use cudarc::nvrtc::Ptx;
 
 use crate::compile::{Arch, Compiler, Kernel, ALL_KERNELS};
@@ -37,6 +37,8 @@ pub struct CudaDevice {
     pdl: AtomicBool,
     /// Whether they may: Hopper or later, and not turned off by `KESTREL_PDL=0`.
     pdl_allowed: bool,
+    /// Nanoseconds the host spent blocked in [`Self::download`], waiting for queued work.
+    waited_ns: AtomicU64,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -114,6 +116,7 @@ impl CudaDevice {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             launches: AtomicUsize::new(0),
+            waited_ns: AtomicU64::new(0),
             pdl: AtomicBool::new(false),
             // Hopper and later; `KESTREL_PDL=0` turns it off (to measure what it brings)
             pdl_allowed: major >= 9 && std::env::var("KESTREL_PDL").map_or(true, |v| v != "0"),
@@ -166,6 +169,24 @@ impl CudaDevice {
     }
     pub(crate) fn count_launch(&self) {
         self.launches.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Copies `src` to the host once the work queued before it is done, counting the time the host
+    /// spent blocked (see [`Self::waited_seconds`]). `what` names the data in the error.
+    pub fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S, what: &str) -> Result<Vec<T>> {
+        let start = std::time::Instant::now();
+        let out = self
+            .stream
+            .clone_dtoh(src)
+            .map_err(CudaError::driver(format!("copying {what} to the host")));
+        let ns = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.waited_ns.fetch_add(ns, Ordering::Relaxed);
+        out
+    }
+    /// Seconds the host has spent blocked in downloads so far. Every step of the engine ends in one
+    /// (its tokens or logits), so a step's wall time minus this is the host's own work while the GPU
+    /// waits for it (scheduling, metadata, launches): `kestrel bench --throughput` reports it.
+    pub fn waited_seconds(&self) -> f64 {
+        self.waited_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
     /// Waits for all work queued on the device's stream.
     pub fn synchronize(&self) -> Result<()> {

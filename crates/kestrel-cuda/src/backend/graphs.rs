@@ -32,7 +32,7 @@ use kestrel::{KestrelError, Result};
 
 use super::metadata::{decode_pool, upload_decode, MetaPool};
 use super::tensor::CudaKvCache;
-use super::CudaBackend;
+use super::{be, CudaBackend};
 use crate::dtype::Bf16;
 use crate::ops::argmax::argmax;
 
@@ -154,6 +154,7 @@ impl CudaBackend {
         forward: &mut DecodeForward<'_, Self>,
         pick: DecodePick<'_>,
     ) -> Result<Vec<u32>> {
+        let prep_start = std::time::Instant::now();
         let dev = self.device();
         let n = meta.seqs.len();
         let sampled = matches!(pick, DecodePick::Sample(..));
@@ -277,12 +278,18 @@ impl CudaBackend {
                 }
             }
         }
+        let prep = |start: std::time::Instant| {
+            let ns = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            self.decode_prep_ns.fetch_add(ns, Ordering::Relaxed);
+        };
         match &entry.graph {
             Some(g) if self.cuda_graphs() => {
+                prep(prep_start);
                 g.0.launch()
                     .map_err(|e| KestrelError::Backend(format!("replaying a decode graph: {e}")))?
             }
             _ => {
+                prep(prep_start);
                 run(&mut entry.out, kept_logits, stage(false))?;
                 entry.warmed = true;
             }
@@ -294,8 +301,7 @@ impl CudaBackend {
             let view = buf.slice(0..n * cols);
             return super::sampling::sample_rows(self, &view, *cols, rows, penalties);
         }
-        dev.stream()
-            .clone_dtoh(&entry.out.slice(0..n))
-            .map_err(|e| KestrelError::Backend(format!("copying token ids to the host: {e}")))
+        dev.download(&entry.out.slice(0..n), "token ids")
+            .map_err(be)
     }
 }

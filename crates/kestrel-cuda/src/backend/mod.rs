@@ -21,7 +21,7 @@ pub mod tensor;
 mod trait_impl;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::cublas::CudaBlas;
@@ -63,6 +63,8 @@ pub struct CudaBackend {
     staged: Mutex<Option<graphs::Staged>>,
     /// Kernels the last decode step launched or captured.
     step_kernels: AtomicUsize,
+    /// Nanoseconds spent in decode steps before their launch (see `HostTiming::decode_prep_s`).
+    decode_prep_ns: AtomicU64,
     /// Quantized weights' prefill tile (quant.rs), grown as needed.
     dequant_tile: Mutex<Option<CudaSlice<Bf16>>>,
 }
@@ -79,6 +81,7 @@ impl CudaBackend {
             decode: Mutex::new(graphs::DecodeGraphs::default()),
             staged: Mutex::new(None),
             step_kernels: AtomicUsize::new(0),
+            decode_prep_ns: AtomicU64::new(0),
             dequant_tile: Mutex::new(None),
         }
     }

@@ -110,16 +110,9 @@ pub(super) fn sample_rows(
         };
         launch_sample(b.device(), logits, cols, &params, Some(&args), &mut out).map_err(be)?;
     }
-    let stream = b.device().stream();
-    let mut ids = stream
-        .clone_dtoh(&out)
-        .map_err(|e| KestrelError::Backend(format!("copying token ids to the host: {e}")))?;
+    let mut ids = b.device().download(&out, "token ids").map_err(be)?;
     if ids.contains(&NO_TOKEN) {
-        let data = to_f32(
-            &stream
-                .clone_dtoh(logits)
-                .map_err(|e| KestrelError::Backend(format!("copying logits to the host: {e}")))?,
-        );
+        let data = to_f32(&b.device().download(logits, "logits").map_err(be)?);
         for (r, id) in ids.iter_mut().enumerate() {
             if *id == NO_TOKEN {
                 let mut row = data[r * cols..(r + 1) * cols].to_vec();

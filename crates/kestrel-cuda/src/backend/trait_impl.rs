@@ -3,7 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use kestrel::backend::{
-    pick_tokens, AttnMetadata, AttnParams, Backend, DecodeForward, DecodePick, KvCacheSpec,
+    pick_tokens, AttnMetadata, AttnParams, Backend, DecodeForward, DecodePick, HostTiming,
+    KvCacheSpec,
 };
 use kestrel::engine::penalties::RowPenalties;
 use kestrel::engine::row_sampling::RowSampling;
@@ -275,11 +276,7 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<(usize, usize, Vec<f32>)> {
-        let host = self
-            .device()
-            .stream()
-            .clone_dtoh(&x.data)
-            .map_err(|e| KestrelError::Backend(format!("copying a tensor to the host: {e}")))?;
+        let host = self.device().download(&x.data, "a tensor").map_err(be)?;
         Ok((x.rows, x.cols, to_f32(&host)))
     }
 
@@ -309,6 +306,13 @@ impl Backend for CudaBackend {
         pick_tokens(self, &logits, pick)
     }
 
+    fn host_timing(&self) -> Option<HostTiming> {
+        Some(HostTiming {
+            waited_s: self.device().waited_seconds(),
+            decode_prep_s: self.decode_prep_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+        })
+    }
+
     fn memory_bandwidth(&self) -> Option<f64> {
         crate::bandwidth::measure_copy_bandwidth(self.device()).ok()
     }
@@ -332,9 +336,6 @@ impl Backend for CudaBackend {
     fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
         let mut ids = self.alloc::<u32>(logits.rows)?;
         argmax(self.device(), &logits.data, logits.cols, &mut ids).map_err(be)?;
-        self.device()
-            .stream()
-            .clone_dtoh(&ids)
-            .map_err(|e| KestrelError::Backend(format!("copying token ids to the host: {e}")))
+        self.device().download(&ids, "token ids").map_err(be)
     }
 }

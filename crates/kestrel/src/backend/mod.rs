@@ -26,6 +26,17 @@ pub struct AttnParams<'a, V> {
     pub k_norm: Option<&'a V>,
 }
 
+/// Cumulative host time of a device backend, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostTiming {
+    /// Blocked waiting for the device's results (each step ends in one download: its tokens or
+    /// logits). A step's wall time minus its share is host work the device waited for.
+    pub waited_s: f64,
+    /// Spent in decode steps before their graph (or eager kernels) were launched: uploading the
+    /// step's inputs, and the first run and capture of a new batch-size bucket's graph.
+    pub decode_prep_s: f64,
+}
+
 pub trait Backend: Send + Sync {
     /// Activations: `[tokens, width]`, row-major.
     type Tensor: Send;
@@ -191,6 +202,11 @@ pub trait Backend: Send + Sync {
 
     /// Kernels the last decode step launched (or captured), where the backend counts them.
     fn decode_step_kernels(&self) -> Option<usize> {
+        None
+    }
+
+    /// Where the host's time went so far, where the backend counts it (benchmarks report it).
+    fn host_timing(&self) -> Option<HostTiming> {
         None
     }
 
