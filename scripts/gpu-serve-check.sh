@@ -3,7 +3,8 @@
 # scripts/gpu-run-tests.sh to unpack): 64 concurrent streaming clients (scripts/serve_load.py: 256
 # requests of 512 random prompt tokens and 64..192 output tokens, uniform: one fixed length would end
 # every request in the same step and send the clients' next prompts in waves) against `kestrel serve`,
-# next to `kestrel bench --throughput` on requests of the same shape with at most 64 sequences at once.
+# next to `kestrel bench --throughput` on requests of the same shape with at most 64 sequences at once
+# and the server's step budget (8192 tokens; the bench's own default is 16384).
 # MODEL_DIR defaults to the 0.6B checkpoint gpu-decode-check.sh makes (/tmp/kestrel-parity/0.6b).
 # The load runs twice (the first warms the server: graph captures per batch size); both are logged.
 # Env: SERVE_ENV (e.g. "KESTREL_ATTN_MMA=0") for both the bench and the server; KESTREL_BIN and DEVICE
@@ -22,7 +23,7 @@ requests=(--num-seqs 256 --min-input-len 512 --max-input-len 512 --min-output-le
 {
   echo "== bench --throughput: 256 requests of 512 + 64..192 tokens, at most 64 at once (${SERVE_ENV:-})"
   env "${extra_env[@]}" "$bin" bench -m "$m" --device "$device" --throughput "${requests[@]}" \
-    --max-num-seqs 64 2>&1
+    --max-num-seqs 64 --max-num-batched-tokens 8192 2>&1
 } >> "$out/serve.txt"
 env "${extra_env[@]}" "$bin" serve -m "$m" --device "$device" --port "$port" --max-num-seqs 64 \
   --served-model-name m > "$out/server.log" 2>&1 &

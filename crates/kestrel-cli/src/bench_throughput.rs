@@ -26,7 +26,7 @@ use kestrel::engine::sampling::SamplingParams;
 use serde_json::json;
 
 use crate::common::Ready;
-use crate::engine_args::EngineArgs;
+use crate::engine_args::{EngineArgs, OFFLINE_BATCHED_TOKENS};
 
 #[derive(Args, Debug, Clone)]
 pub struct ThroughputArgs {
@@ -83,7 +83,7 @@ impl ThroughputArgs {
             !self.sweep_concurrency.is_empty() && !self.sweep_concurrency.contains(&0),
             "--sweep-concurrency: every value must be at least 1",
         )?;
-        self.engine.check()
+        self.engine.check(OFFLINE_BATCHED_TOKENS)
     }
 }
 
@@ -177,7 +177,7 @@ pub fn run<B: Backend>(
         tokens >= longest,
         "the KV cache holds {tokens} tokens but one request needs {longest}: raise --kv-tokens"
     );
-    let cfg = t.engine.config(tokens, None);
+    let cfg = t.engine.config(tokens, None, OFFLINE_BATCHED_TOKENS);
     let model_name = crate::common::model_label(&loaded);
     let backend_name = backend.name();
     let mut engine = Engine::from_loaded(backend, loaded, cfg).context("setting up the engine")?;
@@ -199,7 +199,7 @@ pub fn run<B: Backend>(
         .map(|r| r.prompt.len())
         .max()
         .unwrap_or(16)
-        .clamp(16, t.engine.max_num_batched_tokens.max(16));
+        .clamp(16, t.engine.batched_tokens(OFFLINE_BATCHED_TOKENS).max(16));
     engine.generate([(Prompt::Tokens(vec![1; 16]), params(4))])?;
     engine.generate([(Prompt::Tokens(vec![1; longest_prompt]), params(2))])?;
 

@@ -12,7 +12,7 @@ use kestrel::engine::handle::EngineHandle;
 use kestrel_server::{router, AppState, ServerConfig};
 
 use crate::common::{ModelArgs, Ready, WithModel};
-use crate::engine_args::EngineArgs;
+use crate::engine_args::{EngineArgs, SERVE_BATCHED_TOKENS};
 
 #[derive(Args, Debug)]
 #[command(
@@ -55,7 +55,7 @@ struct Serve<'a>(&'a ServeArgs);
 impl WithModel for Serve<'_> {
     fn run<B: Backend>(self, ready: Ready<B>) -> Result<()> {
         let args = self.0;
-        args.engine.check()?;
+        args.engine.check(SERVE_BATCHED_TOKENS)?;
         let context = args.model.context(&ready)?;
         // on the CPU, 16 contexts' worth
         let tokens = args.engine.kv_tokens(
@@ -75,7 +75,9 @@ impl WithModel for Serve<'_> {
         } = ready;
         let chat_template = loaded.chat_template.take();
         let backend_name = backend.name();
-        let cfg = args.engine.config(tokens, Some(context));
+        let cfg = args
+            .engine
+            .config(tokens, Some(context), SERVE_BATCHED_TOKENS);
         let engine = Engine::from_loaded(backend, loaded, cfg).context("setting up the engine")?;
         let (handle, engine_loop) = EngineHandle::with_loop(engine);
         let name = args

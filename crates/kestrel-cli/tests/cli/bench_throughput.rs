@@ -40,6 +40,17 @@ fn throughput_generates_every_requested_token() {
     let prompt = r["prompt_tokens"].as_u64().unwrap();
     assert!((30..=240).contains(&prompt), "{r}");
     assert!(r["output_tok_s"].as_f64().unwrap() > 0.0, "{r}");
+    // The split: every step is decode-only or has prompt tokens (at most 32 a step here); each
+    // decode-only step yields one token per sequence, so they account for at most 42 tokens.
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert_eq!(n("decode_steps") + n("prefill_steps"), n("steps"), "{r}");
+    assert!(n("prefill_steps") >= prompt.div_ceil(32), "{r}");
+    assert!((1..=42).contains(&n("decode_step_rows")), "{r}");
+    assert!(n("decode_step_rows") >= n("decode_steps"), "{r}");
+    assert!(
+        r["host_seconds"].is_null(),
+        "the CPU backend does not count host time: {r}"
+    );
     // A KV cache that holds one request at a time: every token still comes out.
     let tight = ok(&[&args[..], &["--kv-tokens", "48", "--json"]].concat());
     let r = &rows(&tight)[0];
@@ -47,6 +58,10 @@ fn throughput_generates_every_requested_token() {
     let table = ok(&args);
     assert!(table.starts_with("Total: 42tok, Time: "), "{table}");
     assert!(table.contains("tok/s"), "{table}");
+    assert!(
+        table.contains("\nsteps: ") && table.contains(" decode-only ("),
+        "{table}"
+    );
 }
 
 #[test]

@@ -63,13 +63,13 @@ fn fuse_qk_enabled() -> bool {
 }
 
 /// Whether a mixed step's decode rows go to the split-K decode kernel (a second launch) rather than
-/// the prefill kernel: off unless `KESTREL_SPLIT_MIXED=1`. A decode row then goes through the kernel
-/// it takes in a pure decode step. Measured on H100 (0.6B, acf13f9): the sweep's 256-sequence prefill
-/// 103k -> 183k tok/s, but bench.py 13,546 -> 12,272 output tok/s and sweep decode at 16/64 sequences
-/// -8%/-10%, so it stays off until the second launch's cost is understood.
+/// the prefill kernel: on unless `KESTREL_SPLIT_MIXED=0`. A decode row then goes through the kernel
+/// it takes in a pure decode step. With the lane decode kernel it lost (H100, 0.6B, acf13f9: bench.py
+/// 13,546 -> 12,272 output tok/s); with the tensor-core one it wins (H100, 0.6B, session 8: bench.py
+/// 16,045 -> 17,329; its 19 steps with prompt tokens 1.66 -> 0.98 s).
 fn split_mixed_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KESTREL_SPLIT_MIXED").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("KESTREL_SPLIT_MIXED").map_or(true, |v| v != "0"))
 }
 
 fn check_layer(cache: &CudaKvCache, layer: usize) -> Result<()> {

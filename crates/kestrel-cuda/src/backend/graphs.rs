@@ -41,7 +41,9 @@ pub const MAX_GRAPH_BATCH: usize = 256;
 /// The narrowest block table of a graph (in blocks): 256 tokens at block size 16.
 const MIN_TABLE_WIDTH: usize = 16;
 
-/// The batch-size bucket of `n` sequences: the next power of two.
+/// The batch-size bucket of `n` sequences: the next power of two. (Multiples of 8 or 16 above that
+/// were measured and lost: H100, 0.6B, bench.py 15,960 -> 15,485 / 15,527 output tok/s; the GPU
+/// time saved on padded rows was ~1%, less than capturing the extra graphs cost the host.)
 pub fn decode_bucket(n: usize) -> usize {
     n.max(1).next_power_of_two()
 }

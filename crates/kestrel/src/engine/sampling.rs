@@ -98,7 +98,9 @@ impl SamplingParams {
     }
 }
 
-/// Per-sequence sampling state: the RNG and the token counts the penalties need.
+/// Per-sequence sampling state: the RNG and the token counts the penalties need (kept only for a
+/// request with penalties: two hash updates a token per sequence were a third of the engine's host
+/// time between GPU steps).
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
@@ -114,16 +116,18 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::seed_from_u64(rand::random()),
         };
-        let mut seen = HashMap::new();
-        for &t in prompt {
-            *seen.entry(t).or_insert(0) += 1;
-        }
-        Sampler {
+        let mut sampler = Sampler {
             params,
             rng,
-            seen,
+            seen: HashMap::new(),
             generated: HashMap::new(),
+        };
+        if sampler.has_penalties() {
+            for &t in prompt {
+                *sampler.seen.entry(t).or_insert(0) += 1;
+            }
         }
+        sampler
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -132,6 +136,9 @@ impl Sampler {
 
     /// Records a token the sequence produced (or was fed), for the penalties.
     pub fn accept(&mut self, token: u32) {
+        if !self.has_penalties() {
+            return;
+        }
         *self.seen.entry(token).or_insert(0) += 1;
         *self.generated.entry(token).or_insert(0) += 1;
     }

@@ -22,6 +22,10 @@ impl StopMatcher {
     }
 
     pub fn push(&mut self, text: &str) -> StopStep {
+        if self.stops.is_empty() {
+            // nothing to hold back (the common case: no copy through `pending`)
+            return StopStep::Emit(std::mem::take(&mut self.pending) + text);
+        }
         self.pending.push_str(text);
         if let Some(at) = self
             .stops

@@ -34,7 +34,7 @@ impl TextDelta {
     /// (models pad their embedding table) has no text: it adds nothing rather than failing the
     /// request.
     pub fn push(&mut self, id: u32) -> Result<Delta> {
-        if self.tokenizer.id_to_token(id).is_none() {
+        if !self.tokenizer.knows(id) {
             return Ok(Delta::Text(String::new()));
         }
         Ok(match self.stream.push(id)? {

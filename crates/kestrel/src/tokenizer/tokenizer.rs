@@ -25,6 +25,9 @@ struct Inner {
     /// `encode` must stay `&self`; built on first use since most callers never need it.
     plain: OnceLock<tokenizers::Tokenizer>,
     special_ids: HashSet<u32>,
+    /// Every id's bytes (see [`Tokenizer::token_bytes`]), built at the first use: streaming text
+    /// takes one lookup per generated token instead of a String from the vocabulary and its decoding.
+    bytes: OnceLock<Vec<Option<Box<[u8]>>>>,
 }
 
 impl Tokenizer {
@@ -60,6 +63,7 @@ impl Tokenizer {
                 hf,
                 plain: OnceLock::new(),
                 special_ids,
+                bytes: OnceLock::new(),
             }),
         }
     }
@@ -127,23 +131,41 @@ impl Tokenizer {
     /// maps back to one byte, and a token with any character outside that alphabet (an added token
     /// such as `<|im_start|>` is plain text) is taken as its UTF-8 bytes.
     pub(crate) fn token_bytes(&self, id: u32, out: &mut Vec<u8>) -> Result<()> {
-        let token = self
-            .inner
-            .hf
-            .id_to_token(id)
+        let bytes = self
+            .byte_table()
+            .get(id as usize)
+            .and_then(Option::as_deref)
             .ok_or_else(|| self.unknown_id(id))?;
-        let start = out.len();
-        for c in token.chars() {
-            match byte_level_char_to_byte(c) {
-                Some(b) => out.push(b),
-                None => {
-                    out.truncate(start);
-                    out.extend_from_slice(token.as_bytes());
-                    break;
-                }
-            }
-        }
+        out.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// Whether `id` is in the vocabulary.
+    pub fn knows(&self, id: u32) -> bool {
+        self.byte_table()
+            .get(id as usize)
+            .is_some_and(Option::is_some)
+    }
+
+    fn byte_table(&self) -> &[Option<Box<[u8]>>] {
+        self.inner.bytes.get_or_init(|| {
+            // ids may have holes: up to the largest one
+            let end = self.inner.hf.get_vocab(true).into_values().max();
+            let end = end.map_or(0, |m| m as usize + 1).max(self.vocab_size());
+            (0..end as u32)
+                .map(|id| {
+                    let token = self.inner.hf.id_to_token(id)?;
+                    let mut out = Vec::with_capacity(token.len());
+                    for c in token.chars() {
+                        match byte_level_char_to_byte(c) {
+                            Some(b) => out.push(b),
+                            None => return Some(token.into_bytes().into_boxed_slice()),
+                        }
+                    }
+                    Some(out.into_boxed_slice())
+                })
+                .collect()
+        })
     }
 
     fn unknown_id(&self, id: u32) -> KestrelError {
