@@ -10,7 +10,8 @@
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
 #      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), nosplitmixed = KESTREL_SPLIT_MIXED=0,
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
-#      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant) into throughput.txt,
+#      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
+#      batch-64 runs) into throughput.txt,
 #      QUANT_QUALITY=1 (the quantized-model quality test at BENCH_SHAPES, types KESTREL_QUANT_TYPES; the
 #      CPU comparisons at 0.6b only) into quant-quality-<shape>.txt,
 #      SANITIZE=1 (compute-sanitizer memcheck + racecheck (SANITIZE_TOOLS) on short 0.6B generations:
@@ -99,10 +100,12 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
       {
         echo "== $shape throughput (variant: $variant)"
         env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
-        echo "== $shape sweep ($variant)"
-        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
-        echo "== $shape batch 64 ($variant)"
-        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --batch 64 -p 512 -n 128 -r 1 2>&1
+        if [ "${THROUGHPUT_ONLY:-0}" != 1 ]; then
+          echo "== $shape sweep ($variant)"
+          env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
+          echo "== $shape batch 64 ($variant)"
+          env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --batch 64 -p 512 -n 128 -r 1 2>&1
+        fi
         if [ -n "${THROUGHPUT_TEMPERATURE:-}" ]; then
           echo "== $shape throughput at temperature $THROUGHPUT_TEMPERATURE ($variant)"
           env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput --temperature "$THROUGHPUT_TEMPERATURE" 2>&1

@@ -3,12 +3,19 @@
 # 64 MiB a call carries (`gzip .gpu/bin/kestrel .gpu/tests/* .gpu/qwen3-tokenizer/tokenizer.json` after
 # gpu-bundle), then runs the named bundled tests (kestrel_cuda_<TEST>-*, e.g. gpu_quant gpu_dp4a) one
 # thread each, logs into $OUT/<TEST>.log and a line each into $OUT/summary.txt. No TEST: unpack only.
+# SAVE_KCACHE=1: after the tests, the kernel cache goes to $OUT/kcache.tgz (carry it next time as .gpu/kcache.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 for f in .gpu/bin/*.gz .gpu/tests/*.gz .gpu/qwen3-tokenizer/*.gz; do
   [ -e "$f" ] && gunzip -f "$f"
 done
 chmod +x .gpu/bin/* .gpu/tests/* 2>/dev/null
+# A carried NVRTC cache (`tar czf kcache.tgz kernels` of ~/.cache/kestrel on an earlier GPU machine, copied
+# to .gpu/): entries are keyed by kernel source, headers, arch and options, so stale ones are never used,
+# and a fresh machine skips the ~3 minutes of compiling every kernel it still holds.
+if [ -f .gpu/kcache.tgz ]; then
+  mkdir -p "${KESTREL_CACHE:-$HOME/.cache/kestrel}" && tar xzf .gpu/kcache.tgz -C "${KESTREL_CACHE:-$HOME/.cache/kestrel}"
+fi
 out=${OUT:-/tmp/gpu-tests}; mkdir -p "$out"
 export KESTREL_REQUIRE_GPU=1 RUST_BACKTRACE=1
 start=$SECONDS
@@ -20,3 +27,6 @@ for t in "$@"; do
   echo "$t rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
   grep -E "^test result|FAILED|panicked" "$out/$t.log" | head -5 >> "$out/summary.txt"
 done
+if [ "${SAVE_KCACHE:-0}" = 1 ]; then
+  tar czf "$out/kcache.tgz" -C "${KESTREL_CACHE:-$HOME/.cache/kestrel}" kernels
+fi

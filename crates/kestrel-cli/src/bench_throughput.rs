@@ -5,9 +5,11 @@
 //!   `--min-input-len..=--max-input-len` (100..=1024) of random token ids below 10,000, output
 //!   lengths uniform in `--min-output-len..=--max-output-len` (100..=1024), ignore_eos, a fixed
 //!   `--seed`; all submitted at once, timed from the first step to the last output. Prints total
-//!   output tokens, time and output tok/s. Greedy by default (the device argmax and decode graphs);
-//!   nano-vllm samples at temperature 0.6, which `--temperature 0.6` reproduces (logits then go to
-//!   the host sampler).
+//!   output tokens, time and output tok/s, then where the time went: decode-only steps and steps with
+//!   prompt tokens, and on a GPU the host work the device waited for. Greedy by default (the device
+//!   argmax); nano-vllm samples at temperature 0.6, which `--temperature 0.6` reproduces (sampled on
+//!   the device too, inside the decode graphs). The step budget defaults to 16384 tokens here
+//!   (nano-vllm's), 8192 in `serve`.
 //! - `--sweep`: llama-batched-bench's shape. For each concurrency in `--sweep-concurrency`
 //!   (1,16,64,256), that many requests of `-p` (512) prompt tokens and `-n` (128) output tokens at
 //!   once. Prefill tok/s = prompt tokens / time until every request has its first token; decode
