@@ -9,6 +9,7 @@
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
 #      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), nosplitmixed = KESTREL_SPLIT_MIXED=0,
+#      longest = KESTREL_DECODE_LONGEST_FIRST=1 (decode steps' sequences longest context first),
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
 #      batch-64 runs) into throughput.txt,
@@ -85,7 +86,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # nosplitmixed, or a number (decode-attention target CTAs); default = none
+      # nosplitmixed, longest, or a number (decode-attention target CTAs); default = none
       env=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
@@ -94,6 +95,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           attnlanes) env+=(KESTREL_ATTN_MMA=0) ;;
           attnmma3) env+=(KESTREL_ATTN_MMA=3) ;;
           nosplitmixed) env+=(KESTREL_SPLIT_MIXED=0) ;;
+          longest) env+=(KESTREL_DECODE_LONGEST_FIRST=1) ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac
       done

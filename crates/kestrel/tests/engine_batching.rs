@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::engine_ref::{assert_same, config, engine, greedy, prompt, Reference};
+use common::engine_ref::{
+    assert_same, config, engine, engine_longest_first, greedy, prompt, Reference,
+};
 use kestrel::engine::generate::FinishReason;
 use kestrel::engine::request::{Output, Prompt};
 use kestrel::engine::sampling::SamplingParams;
@@ -62,6 +64,11 @@ fn batch_with_chunked_prefill_matches_each_request_alone() {
         "pure greedy decode steps use the graph path: {st:?}"
     );
     assert!(st.graph_steps < st.steps, "{st:?}");
+    assert_eq!(e.num_free_blocks(), e.num_blocks(), "every block freed");
+    // Decode steps listed longest context first (what a GPU may ask for): the same outputs.
+    let mut e = engine_longest_first(config(4, 256, 8, 16));
+    let outs = run_all(&mut e, &reqs);
+    check_all(&r, &reqs, &outs, "longest first");
     assert_eq!(e.num_free_blocks(), e.num_blocks(), "every block freed");
 }
 

@@ -306,6 +306,14 @@ impl Backend for CudaBackend {
         pick_tokens(self, &logits, pick)
     }
 
+    /// Off unless `KESTREL_DECODE_LONGEST_FIRST=1` (not measured yet). At 64+ sequences every decode
+    /// attention CTA takes a whole context (one partition), dispatched in sequence order, so a long
+    /// context dispatched late is the tail of each layer's attention.
+    fn decode_longest_first(&self) -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("KESTREL_DECODE_LONGEST_FIRST").is_ok_and(|v| v == "1"))
+    }
+
     fn host_timing(&self) -> Option<HostTiming> {
         Some(HostTiming {
             waited_s: self.device().waited_seconds(),

@@ -205,6 +205,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether a pure-decode step should list its sequences longest context first (the engine sorts
+    /// them so): a GPU whose decode attention gives each sequence its own blocks, dispatched in row
+    /// order, then starts the longest ones first instead of ending the step on one.
+    fn decode_longest_first(&self) -> bool {
+        false
+    }
+
     /// Where the host's time went so far, where the backend counts it (benchmarks report it).
     fn host_timing(&self) -> Option<HostTiming> {
         None

@@ -234,9 +234,14 @@ impl<B: Backend> Engine<B> {
         if self.scheduler.is_finished() {
             return Ok(outputs);
         }
-        let batch = self.scheduler.schedule().ok_or_else(|| {
+        let mut batch = self.scheduler.schedule().ok_or_else(|| {
             KestrelError::Engine("requests are waiting but none can be scheduled".into())
         })?;
+        if self.backend.decode_longest_first() && batch.seqs.iter().all(|s| s.token_ids.len() == 1)
+        {
+            // Rows are independent and everything downstream follows the batch's order.
+            batch.seqs.sort_by_key(|s| std::cmp::Reverse(s.context_len));
+        }
         self.stats.steps += 1;
         self.stats.preemptions += batch.preempted.len() as u64;
         self.stats.computed_tokens += batch.num_tokens() as u64;

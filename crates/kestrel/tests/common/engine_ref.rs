@@ -40,6 +40,13 @@ pub fn engine(cfg: EngineConfig) -> Engine<CpuBackend> {
     Engine::from_loaded(backend, loaded, cfg).expect("building the engine")
 }
 
+/// As [`engine`], with decode steps' sequences listed longest context first.
+pub fn engine_longest_first(cfg: EngineConfig) -> Engine<CpuBackend> {
+    let (backend, loaded) = load();
+    let backend = backend.with_decode_longest_first(true);
+    Engine::from_loaded(backend, loaded, cfg).expect("building the engine")
+}
+
 /// What a request gives run alone through `generate`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Expected {

@@ -45,6 +45,8 @@ pub struct CpuKvCache {
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
     threads: usize,
+    /// See [`Backend::decode_longest_first`] (off; tests turn it on to check the engine's reordering).
+    longest_first: bool,
 }
 
 impl CpuBackend {
@@ -52,7 +54,14 @@ impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend {
             threads: rayon::current_num_threads(),
+            longest_first: false,
         }
+    }
+
+    /// Asks the engine to list decode steps' sequences longest first (as a GPU may).
+    pub fn with_decode_longest_first(mut self, on: bool) -> CpuBackend {
+        self.longest_first = on;
+        self
     }
 }
 
@@ -71,6 +80,10 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
+    }
+
+    fn decode_longest_first(&self) -> bool {
+        self.longest_first
     }
 
     fn upload_matrix(&self, parts: &[HostTensor]) -> Result<CpuMatrix> {
