@@ -224,8 +224,8 @@ pub fn run<B: Backend>(
         let mut after_prefill = 0usize;
         while engine.has_unfinished() {
             let step_start = Instant::now();
-            let step_timing = engine.backend().host_timing().unwrap_or_default();
-            let computed0 = engine.stats().computed_tokens;
+            let timing0 = engine.backend().host_timing().unwrap_or_default();
+            let stats0 = engine.stats();
             let generated0 = generated;
             for o in engine.step()? {
                 generated += o.new_token_ids.len();
@@ -236,14 +236,20 @@ pub fn run<B: Backend>(
                     first[i] = true;
                 }
             }
-            let timing = engine.backend().host_timing().unwrap_or_default();
-            split.add(
-                step_start.elapsed().as_secs_f64(),
-                timing.waited_s - step_timing.waited_s,
-                timing.decode_prep_s - step_timing.decode_prep_s,
-                engine.stats().computed_tokens - computed0,
-                generated - generated0,
+            let (timing, stats) = (
+                engine.backend().host_timing().unwrap_or_default(),
+                engine.stats(),
             );
+            let secs = |ns: u64| ns as f64 * 1e-9;
+            split.add(StepSample {
+                seconds: step_start.elapsed().as_secs_f64(),
+                waited: timing.waited_s - timing0.waited_s,
+                prep: timing.decode_prep_s - timing0.decode_prep_s,
+                plan: secs(stats.plan_ns - stats0.plan_ns),
+                output: secs(stats.output_ns - stats0.output_ns),
+                computed: stats.computed_tokens - stats0.computed_tokens,
+                generated: generated - generated0,
+            });
             if prefill_done.is_none() && first.iter().all(|&f| f) {
                 prefill_done = Some(start.elapsed());
             }
@@ -275,7 +281,8 @@ pub fn run<B: Backend>(
                 "steps": st.steps - s0.steps, "preemptions": preemptions, "kv_tokens": tokens,
                 "decode_steps": split.decode_steps, "decode_seconds": split.decode_s,
                 "decode_step_rows": split.decode_rows, "decode_waited_seconds": split.decode_waited_s,
-                "decode_prep_seconds": split.decode_prep_s, "prefill_steps": split.prefill_steps,
+                "decode_prep_seconds": split.decode_prep_s, "decode_plan_seconds": split.decode_plan_s,
+                "decode_output_seconds": split.decode_output_s, "prefill_steps": split.prefill_steps,
                 "prefill_seconds": split.prefill_s, "host_seconds": host_s}),
             );
         }
@@ -326,26 +333,40 @@ struct StepSplit {
     decode_s: f64,
     /// Sequences summed over the decode-only steps (their mean batch is this / decode_steps).
     decode_rows: u64,
-    /// Of decode_s: blocked on the device's results, and preparing the launch (backend's count).
+    /// Of decode_s: blocked on the device's results, preparing the launch (backend's count), and
+    /// the engine's planning and output work (its counts).
     decode_waited_s: f64,
     decode_prep_s: f64,
+    decode_plan_s: f64,
+    decode_output_s: f64,
     prefill_steps: u64,
     prefill_s: f64,
 }
 
+/// One step as the bench saw it (seconds), and the tokens it fed to the model and produced.
+struct StepSample {
+    seconds: f64,
+    waited: f64,
+    prep: f64,
+    plan: f64,
+    output: f64,
+    computed: u64,
+    generated: usize,
+}
+
 impl StepSplit {
-    /// A step of `seconds` (`waited` of them blocked on the device, `prep` preparing a decode
-    /// launch) that fed `computed` tokens to the model and produced `generated`.
-    fn add(&mut self, seconds: f64, waited: f64, prep: f64, computed: u64, generated: usize) {
-        if computed > 0 && computed == generated as u64 {
+    fn add(&mut self, s: StepSample) {
+        if s.computed > 0 && s.computed == s.generated as u64 {
             self.decode_steps += 1;
-            self.decode_s += seconds;
-            self.decode_waited_s += waited;
-            self.decode_prep_s += prep;
-            self.decode_rows += computed;
+            self.decode_s += s.seconds;
+            self.decode_waited_s += s.waited;
+            self.decode_prep_s += s.prep;
+            self.decode_plan_s += s.plan;
+            self.decode_output_s += s.output;
+            self.decode_rows += s.computed;
         } else {
             self.prefill_steps += 1;
-            self.prefill_s += seconds;
+            self.prefill_s += s.seconds;
         }
     }
 }
@@ -367,9 +388,11 @@ fn split_line(r: &serde_json::Value) -> String {
     if let Some(host) = r["host_seconds"].as_f64() {
         line += &format!(
             "; host work the device waited for: {host:.2} s ({:.0}% of the run; in decode-only \
-             steps {:.2} s, {:.2} s of it preparing launches)",
+             steps {:.2} s: planning {:.2}, outputs {:.2}, launch preparation {:.2})",
             100.0 * host / f("seconds").max(1e-9),
             f("decode_seconds") - f("decode_waited_seconds"),
+            f("decode_plan_seconds"),
+            f("decode_output_seconds"),
             f("decode_prep_seconds"),
         );
     }

@@ -51,6 +51,13 @@ fn throughput_generates_every_requested_token() {
         r["host_seconds"].is_null(),
         "the CPU backend does not count host time: {r}"
     );
+    // The engine's own host work is part of the decode-only steps' time.
+    let secs = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+    let engine_host = secs("decode_plan_seconds") + secs("decode_output_seconds");
+    assert!(
+        engine_host > 0.0 && engine_host <= secs("decode_seconds"),
+        "{r}"
+    );
     // A KV cache that holds one request at a time: every token still comes out.
     let tight = ok(&[&args[..], &["--kv-tokens", "48", "--json"]].concat());
     let r = &rows(&tight)[0];

@@ -10,6 +10,7 @@
 //! thread of its own for concurrent clients.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use super::batch_sampler::{sample_step, step_rows};
 use super::generate::FinishReason;
@@ -44,6 +45,13 @@ pub struct EngineStats {
     pub preemptions: u64,
     /// Steps through the backend's decode graph path.
     pub graph_steps: u64,
+    /// Wall time of `step` in nanoseconds: planning (scheduling, sampler draws) before the model
+    /// runs, running it (the runner: metadata, launches, waiting for the device), and turning its
+    /// tokens into outputs (sequences, text, stop checks). The first and last are host work a GPU
+    /// waits through between steps.
+    pub plan_ns: u64,
+    pub run_ns: u64,
+    pub output_ns: u64,
 }
 
 pub struct Engine<B: Backend> {
@@ -230,6 +238,7 @@ impl<B: Backend> Engine<B> {
 
     /// Runs one step; returns an output for every request that generated a token or finished.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
+        let started = Instant::now();
         let mut outputs = std::mem::take(&mut self.pending);
         if self.scheduler.is_finished() {
             return Ok(outputs);
@@ -293,7 +302,9 @@ impl<B: Backend> Engine<B> {
             .filter_map(|(r, s)| Some((r, s.params().logprobs?)))
             .collect();
         let pick = lp_rows.is_empty().then_some(pick);
+        let planned = Instant::now();
         let step = self.runner.run(&self.backend, &self.model, &batch, pick)?;
+        let ran = Instant::now();
         let mut sampled = vec![None; batch.seqs.len()];
         // (index in the batch, the token's log-probability)
         let mut logprobs: Vec<(usize, TokenLogprob)> = Vec::new();
@@ -350,6 +361,10 @@ impl<B: Backend> Engine<B> {
             }
             outputs.push(out);
         }
+        let ns = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        self.stats.plan_ns += ns(planned - started);
+        self.stats.run_ns += ns(ran - planned);
+        self.stats.output_ns += ns(ran.elapsed());
         Ok(outputs)
     }
 
