@@ -19,37 +19,14 @@
 // block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, S) + (max_blocks + 1) u32 (src/ops/
 // attention.rs); head_dim = D.
 #include "attention_decode.cuh"
+#include "mma_bf16.cuh"
 
 #define MMA_ATT_G 8
 #define MMA_ATT_KT 16
 
+// A with rows 8..15 zero (the GQA heads fill rows 0..7 at most)
 __device__ __forceinline__ void mma_att(float (&c)[4], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-}
-
-template <bool TRANS>
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const bf16 *p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    if constexpr (TRANS)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-}
-
-// (a, b) as bf16x2 (a in the low half), and their rounding residuals as a second bf16x2
-__device__ __forceinline__ uint2 bf16x2_split(float a, float b) {
-    const __nv_bfloat162 hi = __floats2bfloat162_rn(a, b);
-    const __nv_bfloat162 lo =
-        __floats2bfloat162_rn(a - __bfloat162float(hi.x), b - __bfloat162float(hi.y));
-    return make_uint2(*reinterpret_cast<const unsigned *>(&hi), *reinterpret_cast<const unsigned *>(&lo));
+    mma_bf16_16816(c, a0, 0u, a2, 0u, b0, b1);
 }
 
 // Bytes of the per-CTA area before the block-table entries: the warps' K/V rings (also the fused q

@@ -52,6 +52,7 @@ pub const ATTENTION_DECODE: Kernel = kernel!("attention_decode.cu");
 pub const ATTENTION_DECODE_QK: Kernel = kernel!("attention_decode_qk.cu");
 pub const ATTENTION_DECODE_MMA: Kernel = kernel!("attention_decode_mma.cu");
 pub const ATTENTION_PREFILL: Kernel = kernel!("attention_prefill.cu");
+pub const ATTENTION_PREFILL_MMA: Kernel = kernel!("attention_prefill_mma.cu");
 pub const ARGMAX: Kernel = kernel!("argmax.cu");
 pub const ELEMENTWISE: Kernel = kernel!("elementwise.cu");
 pub const SAMPLING: Kernel = kernel!("sampling.cu");
@@ -75,6 +76,7 @@ pub const ALL_KERNELS: &[Kernel] = &[
     ATTENTION_DECODE_QK,
     ATTENTION_DECODE_MMA,
     ATTENTION_PREFILL,
+    ATTENTION_PREFILL_MMA,
 ];
 
 /// Headers every kernel may include: (name, built-in source).
@@ -102,6 +104,7 @@ pub(crate) const HEADERS: &[(&str, &str)] = &[
         include_str!("../kernels/attention_decode_merge.cuh"),
     ),
     ("gemv_mma.cuh", include_str!("../kernels/gemv_mma.cuh")),
+    ("mma_bf16.cuh", include_str!("../kernels/mma_bf16.cuh")),
     ("sampling.cuh", include_str!("../kernels/sampling.cuh")),
     (
         "sampling_flat.cuh",

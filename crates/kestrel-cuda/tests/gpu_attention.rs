@@ -21,7 +21,7 @@ use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::attention::{
     attention_counters_len, attention_workspace_len, paged_attention, paged_decode_attention_qk,
-    AttnBatch, AttnShape, DecodeKernel,
+    AttnBatch, AttnShape, DecodeKernel, PrefillKernel,
 };
 use kestrel_cuda::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 use kestrel_cuda::{Bf16, CudaDevice, CudaError};
@@ -197,6 +197,7 @@ impl Batch {
         max_partitions: usize,
         split: bool,
         decode_kernel: DecodeKernel,
+        prefill_kernel: PrefillKernel,
     ) -> Result<Vec<f32>, CudaError> {
         let max_query_len = self.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0);
         let singles = self.seqs.iter().filter(|&&(q, _)| q == 1).count();
@@ -212,6 +213,7 @@ impl Batch {
             max_query_len,
             single_query_seqs: if split { singles } else { 0 },
             decode_kernel,
+            prefill_kernel,
             cu_seqlens_q: &cu,
             context_lens: &ctx,
             block_tables: &bt,
@@ -308,16 +310,25 @@ fn check(
     } else {
         vec![DecodeKernel::Lanes]
     };
+    // rows of more than one query (or every row, unsplit) through each prefill kernel
+    let prefills = seqs.iter().any(|&(q, _)| q > 1);
+    let prefill_kernels = if prefills {
+        vec![PrefillKernel::Scalar, PrefillKernel::Mma]
+    } else {
+        vec![PrefillKernel::Scalar]
+    };
     for split in if mixed { vec![false, true] } else { vec![true] } {
         for &kernel in &kernels {
             if !split && kernel != DecodeKernel::Lanes {
                 continue; // no decode kernel in that run
             }
-            let got = b.run(dev, max_partitions, split, kernel).unwrap();
-            let what = format!(
-                "{what} heads {heads:?} block_size {bs} partitions {max_partitions} split {split} {kernel:?}"
-            );
-            assert_close(&what, &got, &reference, heads.2);
+            for &prefill in &prefill_kernels {
+                let got = b.run(dev, max_partitions, split, kernel, prefill).unwrap();
+                let what = format!(
+                    "{what} heads {heads:?} block_size {bs} partitions {max_partitions} split {split} {kernel:?} {prefill:?}"
+                );
+                assert_close(&what, &got, &reference, heads.2);
+            }
         }
     }
 }
@@ -492,6 +503,7 @@ fn launch_with(
         max_query_len: b.seqs.iter().map(|&(q, _)| q).max().unwrap_or(0),
         single_query_seqs: 0,
         decode_kernel: DecodeKernel::Lanes,
+        prefill_kernel: PrefillKernel::Scalar,
         cu_seqlens_q: &cu,
         context_lens: &ctx,
         block_tables: &bt,
@@ -594,6 +606,7 @@ fn check_fused_qk(
         max_query_len: 1,
         single_query_seqs: seqs.iter().filter(|&&(q, _)| q == 1).count(),
         decode_kernel,
+        prefill_kernel: PrefillKernel::Scalar,
         cu_seqlens_q: &cu,
         context_lens: &ctx,
         block_tables: &bt,

@@ -11,7 +11,7 @@ use super::{be, CudaBackend};
 use crate::dtype::Bf16;
 use crate::ops::attention::{
     attention_counters_len, attention_workspace_len, paged_attention, paged_decode_attention_qk,
-    AttnBatch, AttnShape, DecodeKernel,
+    AttnBatch, AttnShape, DecodeKernel, PrefillKernel,
 };
 use crate::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 
@@ -245,6 +245,7 @@ impl CudaBackend {
                 0
             },
             decode_kernel: DecodeKernel::Auto,
+            prefill_kernel: PrefillKernel::Auto,
             cu_seqlens_q: &cu,
             context_lens: &ctx,
             block_tables: &tables,

@@ -21,6 +21,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use super::{allow_dynamic_smem, expect_aligned16, expect_len, launch, shape_error, to_i32, Arg};
 use crate::compile::{
     ATTENTION_DECODE, ATTENTION_DECODE_MMA, ATTENTION_DECODE_QK, ATTENTION_PREFILL,
+    ATTENTION_PREFILL_MMA,
 };
 use crate::dtype::Bf16;
 use crate::ops::qk_norm_rope_kv::QkNormRopeInputs;
@@ -54,6 +55,8 @@ pub struct AttnBatch<'a, U> {
     pub single_query_seqs: usize,
     /// Which decode-attention kernel takes the one-query rows.
     pub decode_kernel: DecodeKernel,
+    /// Which prefill-attention kernel takes the other rows.
+    pub prefill_kernel: PrefillKernel,
     /// `[num_seqs + 1]`: sequence `s` owns query rows `cu_seqlens_q[s] .. cu_seqlens_q[s + 1]`.
     pub cu_seqlens_q: &'a U,
     /// `[num_seqs]`: keys in the cache after this step, the new tokens included.
@@ -79,8 +82,39 @@ pub enum DecodeKernel {
     Mma { stages: usize },
 }
 
-/// Head dimensions with a tensor-core decode instance (`attention_decode_mma_d{D}`).
+/// Head dimensions with a tensor-core decode instance (`attention_decode_mma_d{D}`) and prefill
+/// instance (`attention_prefill_mma_d{D}`).
 pub const MMA_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// The prefill-attention kernels (rows of sequences with more than one query, and in unsplit mixed
+/// steps the one-query rows too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// [`PrefillKernel::Mma`] when `KESTREL_PREFILL_MMA=1` (not measured on a GPU yet), else
+    /// [`PrefillKernel::Scalar`].
+    #[default]
+    Auto,
+    /// kernels/attention_prefill.cu: f32 FMAs on the CUDA cores, every head dim in [`HEAD_DIMS`].
+    Scalar,
+    /// kernels/attention_prefill_mma.cu: flash-attention 2 on mma.m16n8k16, for head dims in
+    /// [`MMA_HEAD_DIMS`] (others take the scalar kernel).
+    Mma,
+}
+
+impl PrefillKernel {
+    /// Whether this choice runs the tensor-core kernel for `head_dim`.
+    fn mma(self, head_dim: usize) -> bool {
+        static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = match self {
+            PrefillKernel::Scalar => false,
+            PrefillKernel::Mma => true,
+            PrefillKernel::Auto => {
+                *ENV.get_or_init(|| std::env::var("KESTREL_PREFILL_MMA").is_ok_and(|v| v == "1"))
+            }
+        };
+        on && MMA_HEAD_DIMS.contains(&head_dim)
+    }
+}
 
 impl DecodeKernel {
     /// The tensor-core kernel's ring stages when this choice runs it for `head_dim`.
@@ -111,6 +145,10 @@ const MMA_ATT_G: usize = 8;
 const PREFILL_BQ: usize = 64;
 const PREFILL_BK: usize = 64;
 const PREFILL_THREADS: u32 = 256;
+/// The same for the tensor-core prefill kernel (kernels/attention_prefill_mma.cu).
+const PREFILL_MMA_BQ: usize = 64;
+const PREFILL_MMA_BK: usize = 64;
+const PREFILL_MMA_THREADS: u32 = 128;
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 /// Grid y / z limit.
@@ -133,6 +171,12 @@ pub fn attention_counters_len(shape: &AttnShape, num_seqs: usize) -> usize {
 /// the probabilities (f32, rows padded by 16).
 fn prefill_smem_bytes(head_dim: usize) -> usize {
     (PREFILL_BQ + 2 * PREFILL_BK) * (head_dim + 8) * 2 + PREFILL_BQ * (PREFILL_BK + 16) * 4
+}
+
+/// Bytes of dynamic shared memory of the tensor-core prefill kernel: the Q tile and two stages of K
+/// and V tiles (bf16, rows padded by 8).
+fn prefill_mma_smem_bytes(head_dim: usize) -> usize {
+    (PREFILL_MMA_BQ + 2 * 2 * PREFILL_MMA_BK) * (head_dim + 8) * 2
 }
 
 /// Q heads a decode CTA handles for a GQA group of `group` heads: `decode_g{1,2,4,8}`.
@@ -503,18 +547,33 @@ fn run<U: DevicePtr<u32>>(
         if matches!(queries, Queries::Fused(_)) {
             return Err(shape_error(OP, "fused q/k norm is for decode steps only"));
         }
-        let name = prefill_name;
-        let smem = prefill_smem_bytes(head_dim);
+        let (kernel, name, smem, bq, threads) = if batch.prefill_kernel.mma(head_dim) {
+            (
+                &ATTENTION_PREFILL_MMA,
+                prefill_mma_name(head_dim),
+                prefill_mma_smem_bytes(head_dim),
+                PREFILL_MMA_BQ,
+                PREFILL_MMA_THREADS,
+            )
+        } else {
+            (
+                &ATTENTION_PREFILL,
+                prefill_name,
+                prefill_smem_bytes(head_dim),
+                PREFILL_BQ,
+                PREFILL_THREADS,
+            )
+        };
         if smem > DEFAULT_SMEM {
-            allow_dynamic_smem(dev, &ATTENTION_PREFILL, name, smem)?;
+            allow_dynamic_smem(dev, kernel, name, smem)?;
         }
         let cfg = LaunchConfig {
             grid_dim: (
-                batch.max_query_len.div_ceil(PREFILL_BQ) as u32,
+                batch.max_query_len.div_ceil(bq) as u32,
                 num_heads as u32,
                 num_seqs as u32,
             ),
-            block_dim: (PREFILL_THREADS, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let args = [
@@ -532,7 +591,7 @@ fn run<U: DevicePtr<u32>>(
             Arg::F32(scale),
             Arg::I32(split as i32),
         ];
-        launch(dev, &ATTENTION_PREFILL, name, cfg, &args)?;
+        launch(dev, kernel, name, cfg, &args)?;
         if !split {
             return Ok(());
         }
@@ -621,6 +680,15 @@ fn run<U: DevicePtr<u32>>(
 /// adds NVRTC time, so not every multiple of 16).
 pub const HEAD_DIMS: [usize; 7] = [16, 32, 64, 96, 128, 192, 256];
 
+/// `attention_prefill_mma_d{head_dim}` (head_dim in [`MMA_HEAD_DIMS`]).
+fn prefill_mma_name(head_dim: usize) -> &'static str {
+    if head_dim == 64 {
+        "attention_prefill_mma_d64"
+    } else {
+        "attention_prefill_mma_d128"
+    }
+}
+
 fn prefill_kernel_name(head_dim: usize) -> Option<&'static str> {
     const NAMES: [&str; 7] = [
         "attention_prefill_d16",
@@ -665,6 +733,19 @@ mod tests {
             .find(|(name, _)| *name == "attention_decode_merge.cuh")
             .unwrap();
         assert!(merge_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
+        let pm = ATTENTION_PREFILL_MMA.source;
+        for (name, v) in [
+            ("PM_BQ", PREFILL_MMA_BQ),
+            ("PM_BK", PREFILL_MMA_BK),
+            ("PM_THREADS", PREFILL_MMA_THREADS as usize),
+        ] {
+            assert!(pm.contains(&format!("#define {name} {v}\n")), "{name}");
+        }
+        for d in MMA_HEAD_DIMS {
+            assert!(pm.contains(&format!("PREFILL_MMA_KERNEL({d})\n")));
+            assert_eq!(prefill_mma_name(d), format!("attention_prefill_mma_d{d}"));
+            assert!(prefill_mma_smem_bytes(d) <= MAX_SMEM, "{d}");
+        }
         let mma = ATTENTION_DECODE_MMA.source;
         for (name, v) in [("MMA_ATT_G", MMA_ATT_G), ("MMA_ATT_KT", MMA_ATT_KT)] {
             assert!(mma.contains(&format!("#define {name} {v}\n")), "{name}");
