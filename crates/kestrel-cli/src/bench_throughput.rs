@@ -217,7 +217,7 @@ pub fn run<B: Backend>(
             );
         }
         let start = Instant::now();
-        let timing0 = engine.backend().host_timing();
+        let run_timing0 = engine.backend().host_timing();
         let mut split = StepSplit::default();
         let mut prefill_done = None;
         let mut generated = 0usize;
@@ -255,7 +255,7 @@ pub fn run<B: Backend>(
             }
         }
         let total = start.elapsed().as_secs_f64();
-        let host_s = match (timing0, engine.backend().host_timing()) {
+        let host_s = match (run_timing0, engine.backend().host_timing()) {
             (Some(t0), Some(t1)) => Some(total - (t1.waited_s - t0.waited_s)),
             _ => None,
         };

@@ -2,11 +2,7 @@
 #include "attention_decode.cuh"
 
 #define DECODE_KERNEL(G, U, S)                                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_g##G(           \
-        bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache, \
-        const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,           \
-        const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim,                \
-        int block_size, int max_blocks, int max_partitions, float scale) {                          \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_g##G(DECODE_PARAMS) { \
         const FusedQk none{};                                                                        \
         decode_partition<G, U, S, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,   \
                                       context_lens, block_tables, num_heads, num_kv_heads, head_dim, \

@@ -77,6 +77,24 @@ struct FusedQk {
     unsigned num_slots;
 };
 
+// Every decode kernel's parameters, and the fused (_qk) kernels': src/ops/attention.rs launches the
+// lane and tensor-core instances of a kind with one argument list. DECODE_QK_INPUTS makes the FusedQk
+// `f` of the fused parameters.
+#define DECODE_PARAMS                                                                             \
+    bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache,   \
+        const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,         \
+        const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim,              \
+        int block_size, int max_blocks, int max_partitions, float scale
+#define DECODE_QK_PARAMS                                                                          \
+    bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *qkv, bf16 *k_cache,       \
+        bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,               \
+        const unsigned *block_tables, const unsigned *positions, const unsigned *slot_mapping,    \
+        const float *inv_freq, const float *q_norm, const float *k_norm, float eps,               \
+        unsigned num_slots, int num_heads, int num_kv_heads, int head_dim, int block_size,        \
+        int max_blocks, int max_partitions, float scale
+#define DECODE_QK_INPUTS                                                                          \
+    const FusedQk f{qkv, positions, slot_mapping, inv_freq, q_norm, k_norm, k_cache, v_cache, eps, num_slots}
+
 // The fused variant's start of a CTA (DECODE_WARPS warps): its gcount q heads h0 .. normalised and
 // rotated into q_s ([gcount, head_dim] bf16); and the new key, the last of the context: its
 // partition's CTA stores it and its value (every head chunk's CTA does when a group spans several:

@@ -187,25 +187,16 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
 }
 
 #define DECODE_MMA_KERNELS(D, S, SUFFIX)                                                                            \
-    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma##SUFFIX##_d##D(         \
-        bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *q, const bf16 *k_cache,     \
-        const bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,               \
-        const unsigned *block_tables, int num_heads, int num_kv_heads, int head_dim, int block_size,    \
-        int max_blocks, int max_partitions, float scale) {                                              \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS)                                     \
+        attention_decode_mma##SUFFIX##_d##D(DECODE_PARAMS) {                                             \
         const FusedQk none{};                                                                            \
         decode_mma<D, S, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
                              block_tables, num_heads, num_kv_heads, block_size, max_blocks,             \
                              max_partitions, scale, none);                                               \
     }                                                                                                    \
-    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS) attention_decode_mma_qk##SUFFIX##_d##D(      \
-        bf16 *out, float *ws_ml, float *ws_acc, unsigned *done, const bf16 *qkv, bf16 *k_cache,         \
-        bf16 *v_cache, const unsigned *cu_seqlens_q, const unsigned *context_lens,                     \
-        const unsigned *block_tables, const unsigned *positions, const unsigned *slot_mapping,          \
-        const float *inv_freq, const float *q_norm, const float *k_norm, float eps,                     \
-        unsigned num_slots, int num_heads, int num_kv_heads, int head_dim, int block_size,              \
-        int max_blocks, int max_partitions, float scale) {                                              \
-        const FusedQk f{qkv, positions, slot_mapping, inv_freq, q_norm, k_norm, k_cache, v_cache,        \
-                        eps, num_slots};                                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS)                                     \
+        attention_decode_mma_qk##SUFFIX##_d##D(DECODE_QK_PARAMS) {                                       \
+        DECODE_QK_INPUTS;                                                                                \
         decode_mma<D, S, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,          \
                             context_lens, block_tables, num_heads, num_kv_heads, block_size,            \
                             max_blocks, max_partitions, scale, f);                                       \

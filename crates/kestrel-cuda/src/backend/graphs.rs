@@ -280,18 +280,14 @@ impl CudaBackend {
                 }
             }
         }
-        let prep = |start: std::time::Instant| {
-            let ns = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-            self.decode_prep_ns.fetch_add(ns, Ordering::Relaxed);
-        };
+        let prep_ns = prep_start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.decode_prep_ns.fetch_add(prep_ns, Ordering::Relaxed);
         match &entry.graph {
             Some(g) if self.cuda_graphs() => {
-                prep(prep_start);
                 g.0.launch()
                     .map_err(|e| KestrelError::Backend(format!("replaying a decode graph: {e}")))?
             }
             _ => {
-                prep(prep_start);
                 run(&mut entry.out, kept_logits, stage(false))?;
                 entry.warmed = true;
             }

@@ -23,8 +23,8 @@ impl StopMatcher {
 
     pub fn push(&mut self, text: &str) -> StopStep {
         if self.stops.is_empty() {
-            // nothing to hold back (the common case: no copy through `pending`)
-            return StopStep::Emit(std::mem::take(&mut self.pending) + text);
+            // nothing to hold back (the common case), so `pending` stays empty
+            return StopStep::Emit(text.to_owned());
         }
         self.pending.push_str(text);
         if let Some(at) = self

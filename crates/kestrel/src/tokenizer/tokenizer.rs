@@ -91,10 +91,7 @@ impl Tokenizer {
     /// Text of `ids`; invalid UTF-8 (a character cut in half) becomes U+FFFD. An id outside the
     /// vocabulary is an error rather than being dropped silently.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        if let Some(&bad) = ids
-            .iter()
-            .find(|&&id| self.inner.hf.id_to_token(id).is_none())
-        {
+        if let Some(&bad) = ids.iter().find(|&&id| !self.knows(id)) {
             return Err(self.unknown_id(bad));
         }
         self.inner
