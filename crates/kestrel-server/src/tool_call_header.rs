@@ -20,19 +20,11 @@ pub fn head(s: &str) -> Head {
     let steps = (|| {
         c.ws()?;
         c.lit("{")?;
-        c.ws()?;
-        c.lit("\"name\"")?;
-        c.ws()?;
-        c.lit(":")?;
-        c.ws()?;
+        c.key("\"name\"")?;
         let name = c.string()?;
         c.ws()?;
         c.lit(",")?;
-        c.ws()?;
-        c.lit("\"arguments\"")?;
-        c.ws()?;
-        c.lit(":")?;
-        c.ws()?;
+        c.key("\"arguments\"")?;
         match c.rest().chars().next() {
             None => Err(Head::Incomplete),
             Some('{' | '[') => Ok(name),
@@ -74,6 +66,15 @@ impl Cursor<'_> {
         } else {
             Err(Head::Other)
         }
+    }
+
+    /// `ws KEY ws : ws` (KEY quoted).
+    fn key(&mut self, quoted: &str) -> Result<(), Head> {
+        self.ws()?;
+        self.lit(quoted)?;
+        self.ws()?;
+        self.lit(":")?;
+        self.ws()
     }
 
     /// A JSON string, decoded.
