@@ -9,8 +9,8 @@
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
 #      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), nosplitmixed = KESTREL_SPLIT_MIXED=0,
-#      longest = KESTREL_DECODE_LONGEST_FIRST=1 (decode steps' sequences longest context first),
-#      prefillmma = KESTREL_PREFILL_MMA=1 (tensor-core prefill attention; also a VARIANTS word),
+#      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
+#      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
 #      batch-64 runs) into throughput.txt,
@@ -60,7 +60,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       sampled) env=(); extra=(--temperature 0.7) ;;
       sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
       attnlanes) env=(KESTREL_ATTN_MMA=0); extra=() ;;
-      prefillmma) env=(KESTREL_PREFILL_MMA=1); extra=() ;;
+      prefillscalar) env=(KESTREL_PREFILL_MMA=0); extra=() ;;
       attnmma3) env=(KESTREL_ATTN_MMA=3); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
@@ -88,7 +88,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # nosplitmixed, longest, prefillmma, or a number (decode-attention target CTAs); default = none
+      # nosplitmixed, unsorted, prefillscalar, or a number (decode-attention target CTAs); default = none
       env=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
@@ -97,8 +97,8 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           attnlanes) env+=(KESTREL_ATTN_MMA=0) ;;
           attnmma3) env+=(KESTREL_ATTN_MMA=3) ;;
           nosplitmixed) env+=(KESTREL_SPLIT_MIXED=0) ;;
-          longest) env+=(KESTREL_DECODE_LONGEST_FIRST=1) ;;
-          prefillmma) env+=(KESTREL_PREFILL_MMA=1) ;;
+          unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
+          prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac
       done
