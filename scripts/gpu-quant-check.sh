@@ -6,7 +6,8 @@
 # load against them (kestrel_cuda_gpu_parity, KESTREL_PARITY_QUANT), and `kestrel bench` of the GGUF.
 # QUALITY=1 adds the BF16-vs-quantized report (kestrel_cuda_gpu_quant_quality; the CPU beside it at 0.6b).
 # PARITY_TYPES (default: $TYPES) limits the reference + parity steps; BENCH_DP4A="t..." also benches
-# those types with KESTREL_DP4A=1 (the opt-in integer-dot-product GEMVs), to measure them.
+# those types with KESTREL_DP4A=1 (the opt-in integer-dot-product GEMVs), to measure them; SKIP_BENCH=1
+# benches nothing (quality and parity only).
 # Logs: $OUT/quant-<shape>.txt (+ summary.txt). Needs gguf-py on the GPU machine (carried as a wheel).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -21,8 +22,9 @@ for shape in "$@"; do
     python3 scripts/make_full_size_reference.py --shape "$shape" --out "$m" --device cuda \
       --tokenizer .gpu/qwen3-tokenizer --attn sdpa >> "$log" 2>&1
   fi
+  bench() { [ "${SKIP_BENCH:-0}" = 1 ] || .gpu/bin/kestrel bench --device cuda -p 512 -n 128 -r 3 "$@"; }
   echo "== $shape bf16" >> "$log"
-  .gpu/bin/kestrel bench -m "$m" --device cuda -p 512 -n 128 -r 3 >> "$log" 2>&1
+  bench -m "$m" >> "$log" 2>&1
   for t in ${TYPES:-q8_0 q4_0 q4_k_m}; do
     g=$work/$shape-$t.gguf
     echo "== $shape $t" >> "$log"
@@ -32,7 +34,7 @@ for shape in "$@"; do
       KESTREL_PARITY_DIR=$m KESTREL_PARITY_QUANT=$t KESTREL_PARITY_REF=$work/$shape-$t "$parity" --nocapture >> "$log" 2>&1
       echo "$shape $t parity rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
     fi
-    .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 >> "$log" 2>&1
+    bench -m "$g" >> "$log" 2>&1
     if [[ " ${BENCH_DP4A:-} " == *" $t "* ]]; then
       echo "== $shape $t KESTREL_DP4A=1" >> "$log"
       KESTREL_DP4A=1 .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \

@@ -5,9 +5,11 @@
 //! (what quantization costs), on the prefill and decode paths. With `KESTREL_QUANT_CPU=1` (sized for
 //! 0.6B: the CPU runs the model in f32 too), the GPU beside the CPU backend on the same quantized
 //! model (8-bit activations, llama.cpp's method) and the exactly dequantized weights in f32, logits
-//! and greedy tokens. The pass/fail check of the quantized models is DESIGN.md's parity criterion
-//! against HF's runs of the same quantized weights: kestrel_cuda_gpu_parity with
-//! KESTREL_PARITY_QUANT (scripts/make_quant_reference.py); this test reports.
+//! and greedy tokens; the GPU must be within DESIGN.md's parity criterion of the exact model (logits
+//! within 1.5x HF bf16's own error, greedy tokens equal but at bf16 ties). The CPU backend's 8-bit
+//! activations are llama.cpp's approximation, reported beside it. The full parity check of the
+//! quantized models against HF's runs of the same quantized weights is kestrel_cuda_gpu_parity with
+//! KESTREL_PARITY_QUANT (scripts/make_quant_reference.py).
 //!
 //! Skips (with a message) when `KESTREL_PARITY_DIR` is unset.
 
@@ -61,6 +63,8 @@ fn quantized_models_at_full_size() {
     let bf16 = teacher_forced(&gpu, &bf16_model, tokens, false);
     drop(bf16_model);
     let hf_bf16 = rel_l2(&main.bf16, &main.fp32);
+    // parity's tie tolerance: 2 sigma of HF bf16's logit error (see kestrel::parity::GreedyCheck)
+    let tie_tolerance = 2.0 * rms_abs(&main.bf16, &main.fp32);
     eprintln!(
         "{} ({}): BF16 on the GPU vs HF fp32 {:.4e}, top-1 {:.3}; HF bf16 {hf_bf16:.4e}",
         r.shape,
@@ -124,9 +128,38 @@ fn quantized_models_at_full_size() {
             "{quant:?} greedy ({} tokens): GPU {got:?}, exact {want:?}, CPU quantized {cpu_tokens:?}",
             hf_agree.max(1)
         );
-        assert_eq!(
-            got, want,
-            "{quant:?}: greedy tokens leave the exact model's"
-        );
+        // The GPU runs bf16 activations: its logits may be off the exact model's by as much as HF's
+        // own bf16 run is off fp32 (DESIGN.md's parity margin), and its greedy path may leave the
+        // exact one only where the exact model is at a bf16 tie (parity's rule, same tolerance).
+        for (path, ours) in &paths {
+            let err = rel_l2(ours, &exact);
+            assert!(
+                err <= PARITY_MARGIN * hf_bf16,
+                "{quant:?} {path}: GPU vs exact {err:.4e} is past {PARITY_MARGIN} x HF bf16's {hf_bf16:.4e}"
+            );
+        }
+        if let Some(k) = (0..want.len()).find(|&k| got[k] != want[k]) {
+            let context: Vec<u32> = prompt.iter().chain(&want[..k]).copied().collect();
+            let all = teacher_forced(&cpu, &exact_model, &context, false);
+            let row = &all[all.len() - vocab..];
+            let margin = (row[want[k] as usize] - row[got[k] as usize]) as f64;
+            eprintln!(
+                "{quant:?}: greedy leaves the exact model at step {k}, where the exact margin between \
+                 the two tokens is {margin:.4} (a bf16 tie below {tie_tolerance:.4})"
+            );
+            assert!(
+                margin < tie_tolerance,
+                "{quant:?}: greedy tokens leave the exact model's at step {k} with margin {margin:.4}"
+            );
+        }
     }
+}
+
+/// DESIGN.md's parity criterion: logits' relative L2 error at most this times HF bf16's own.
+const PARITY_MARGIN: f64 = 1.5;
+
+/// Root mean square of `a - b`.
+fn rms_abs(a: &[f32], b: &[f32]) -> f64 {
+    let sum: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    (sum / a.len().max(1) as f64).sqrt()
 }
