@@ -75,3 +75,16 @@ extern "C" __global__ void argmax_bf16(unsigned *__restrict__ out, const bf16 *_
     }
     if (lane == 0) out[blockIdx.x] = best_i < cols ? (unsigned)best_i : 0u;
 }
+
+// Asynchronous scheduling: a decode step's input ids fed from the previous step's output on the
+// device. An id with the top bit set stands for row (id & 0x7fffffff) of `prev`; others stay.
+// Launch: grid (ceil(n / 256)), block (256).
+extern "C" __global__ void feed_decode_inputs(unsigned *__restrict__ ids, const unsigned *__restrict__ prev,
+                                              int n) {
+    pdl_enter();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const unsigned v = ids[i];
+        if (v & 0x80000000u) ids[i] = prev[v & 0x7fffffffu];
+    }
+}

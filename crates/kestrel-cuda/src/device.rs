@@ -182,6 +182,11 @@ impl CudaDevice {
         self.waited_ns.fetch_add(ns, Ordering::Relaxed);
         out
     }
+    /// Adds time the host spent blocked on the device elsewhere (an asynchronous copy's wait).
+    pub(crate) fn count_wait(&self, d: std::time::Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        self.waited_ns.fetch_add(ns, Ordering::Relaxed);
+    }
     /// Seconds the host has spent blocked in downloads so far. Every step of the engine ends in one
     /// (its tokens or logits), so a step's wall time minus this is the host's own work while the GPU
     /// waits for it (scheduling, metadata, launches): `kestrel bench --throughput` reports it.

@@ -4,7 +4,8 @@
 mod common;
 
 use common::engine_ref::{
-    assert_same, config, engine, engine_longest_first, greedy, prompt, Reference,
+    assert_same, config, engine, engine_async, engine_longest_first, engines, greedy, prompt,
+    Reference,
 };
 use kestrel::engine::generate::FinishReason;
 use kestrel::engine::request::{Output, Prompt};
@@ -70,6 +71,16 @@ fn batch_with_chunked_prefill_matches_each_request_alone() {
     let outs = run_all(&mut e, &reqs);
     check_all(&r, &reqs, &outs, "longest first");
     assert_eq!(e.num_free_blocks(), e.num_blocks(), "every block freed");
+    // Asynchronous scheduling: the same outputs, stop strings and stop tokens found a step late.
+    let mut e = engine_async(config(4, 256, 8, 16));
+    let outs = run_all(&mut e, &reqs);
+    check_all(&r, &reqs, &outs, "async");
+    let st = e.stats();
+    assert!(
+        st.pipelined_steps > 0,
+        "decode steps were pipelined: {st:?}"
+    );
+    assert_eq!(e.num_free_blocks(), e.num_blocks(), "every block freed");
 }
 
 #[test]
@@ -81,10 +92,21 @@ fn prefix_cache_hits_match_misses_and_a_fully_cached_prompt_works() {
         p.extend(prompt(tail_seed, tail));
         p
     };
-    let mut e = engine(config(4, 256, 8, 64));
+    for (tag, mut e) in engines(config(4, 256, 8, 64)) {
+        prefix_cache_case(&r, &base, &with, &mut e, tag);
+    }
+}
+
+fn prefix_cache_case(
+    r: &Reference,
+    base: &[u32],
+    with: &dyn Fn(u64, usize) -> Vec<u32>,
+    e: &mut kestrel::engine::engine::Engine<kestrel::backend::cpu::CpuBackend>,
+    tag: &str,
+) {
     // Fill the cache with the shared prefix.
     let first = vec![(with(1, 7), greedy(10, true))];
-    check_all(&r, &first, &run_all(&mut e, &first), "first");
+    check_all(r, &first, &run_all(e, &first), &format!("{tag} first"));
     let cached0 = e.stats().cached_tokens;
     assert_eq!(cached0, 0);
     // Different tails after the cached prefix, a shorter prefix, and the prefix itself (32 tokens:
@@ -92,16 +114,16 @@ fn prefix_cache_hits_match_misses_and_a_fully_cached_prompt_works() {
     let second = vec![
         (with(2, 13), greedy(12, true)),
         (base[..30].to_vec(), greedy(9, true)),
-        (base.clone(), greedy(11, true)),
+        (base.to_vec(), greedy(11, true)),
     ];
-    let outs = run_all(&mut e, &second);
-    check_all(&r, &second, &outs, "hits");
+    let outs = run_all(e, &second);
+    check_all(r, &second, &outs, &format!("{tag} hits"));
     let hits = e.stats().cached_tokens - cached0;
-    assert!(hits >= 32 + 28 + 28, "prefix hits: {hits}");
+    assert!(hits >= 32 + 28 + 28, "{tag}: prefix hits: {hits}");
     // The same entirely cached prompt again: 7 of its 8 blocks hit, same output.
     let before = e.stats().cached_tokens;
-    let again = vec![(base.clone(), greedy(11, true))];
-    check_all(&r, &again, &run_all(&mut e, &again), "again");
+    let again = vec![(base.to_vec(), greedy(11, true))];
+    check_all(r, &again, &run_all(e, &again), &format!("{tag} again"));
     assert_eq!(e.stats().cached_tokens - before, 28);
     assert_eq!(e.num_free_blocks(), e.num_blocks());
 }
@@ -118,12 +140,16 @@ fn preempted_sequences_continue_identically() {
             )
         })
         .collect();
-    let mut e = engine(config(4, 16, 6, 32));
-    let outs = run_all(&mut e, &reqs);
-    check_all(&r, &reqs, &outs, "preempted");
-    let st = e.stats();
-    assert!(st.preemptions > 0, "the workload must preempt: {st:?}");
-    assert_eq!(e.num_free_blocks(), e.num_blocks());
+    for (tag, mut e) in engines(config(4, 16, 6, 32)) {
+        let outs = run_all(&mut e, &reqs);
+        check_all(&r, &reqs, &outs, &format!("{tag} preempted"));
+        let st = e.stats();
+        assert!(
+            st.preemptions > 0,
+            "{tag}: the workload must preempt: {st:?}"
+        );
+        assert_eq!(e.num_free_blocks(), e.num_blocks(), "{tag}");
+    }
 }
 
 #[test]
@@ -137,20 +163,22 @@ fn many_long_sequences_that_do_not_fit_all_complete() {
             (p, greedy(rng.range(30, 60), true))
         })
         .collect();
-    let mut e = engine(config(8, 20, 24, 64));
-    let outs = run_all(&mut e, &reqs);
-    for ((_, s), o) in reqs.iter().zip(&outs) {
-        assert_eq!(o.completion_tokens, s.max_tokens);
-        assert_eq!(o.finish_reason, Some(FinishReason::Length));
+    for (tag, mut e) in engines(config(8, 20, 24, 64)) {
+        let outs = run_all(&mut e, &reqs);
+        for ((_, s), o) in reqs.iter().zip(&outs) {
+            assert_eq!(o.completion_tokens, s.max_tokens, "{tag}");
+            assert_eq!(o.finish_reason, Some(FinishReason::Length), "{tag}");
+        }
+        // Spot-check against the reference (all of them would only repeat the same check).
+        for i in [0, 7, 23] {
+            let (p, s) = &reqs[i];
+            assert_same(&outs[i], &r.run(p, s), p.len(), &format!("{tag} long {i}"));
+        }
+        let st = e.stats();
+        assert!(st.preemptions > 0, "{tag}: {st:?}");
+        assert_eq!(st.pipelined_steps > 0, tag == "async", "{tag}: {st:?}");
+        assert_eq!(e.num_free_blocks(), e.num_blocks(), "{tag}");
     }
-    // Spot-check against the reference (all of them would only repeat the same check).
-    for i in [0, 7, 23] {
-        let (p, s) = &reqs[i];
-        assert_same(&outs[i], &r.run(p, s), p.len(), &format!("long {i}"));
-    }
-    let st = e.stats();
-    assert!(st.preemptions > 0, "{st:?}");
-    assert_eq!(e.num_free_blocks(), e.num_blocks());
 }
 
 #[test]
@@ -209,6 +237,47 @@ fn abort_frees_blocks_and_never_leaves_unwritten_blocks_in_the_prefix_cache() {
         "waiting one",
     );
     assert!(!e.abort(c), "finished requests cannot be aborted");
+    assert_eq!(e.num_free_blocks(), e.num_blocks());
+}
+
+#[test]
+fn aborting_a_request_whose_step_is_in_flight_drops_its_token() {
+    let r = Reference::new();
+    let mut e = engine_async(config(4, 64, 8, 64));
+    let reqs: Vec<(Vec<u32>, SamplingParams)> = (0..3)
+        .map(|i| (prompt(500 + i, 6 + i as usize), greedy(12, true)))
+        .collect();
+    let ids: Vec<_> = reqs
+        .iter()
+        .map(|(p, s)| e.add_request(p.clone(), s.clone()).unwrap())
+        .collect();
+    let mut done: Vec<Output> = ids.iter().map(|&id| Output::new(id)).collect();
+    let push = |outs: Vec<kestrel::engine::request::RequestOutput>, done: &mut Vec<Output>| {
+        for o in outs {
+            let d = done.iter_mut().find(|d| d.id == o.id).expect("a known id");
+            d.push(&o);
+        }
+    };
+    // Prefill, then decode steps until one is pipelined: a step is in flight after it.
+    while e.stats().pipelined_steps == 0 {
+        push(e.step().unwrap(), &mut done);
+    }
+    let before = done[1].token_ids.len();
+    assert!(e.abort(ids[1]));
+    while e.has_unfinished() {
+        push(e.step().unwrap(), &mut done);
+    }
+    assert_eq!(done[1].finish_reason, Some(FinishReason::Abort));
+    assert_eq!(done[1].token_ids.len(), before, "no token after the abort");
+    for i in [0, 2] {
+        let (p, s) = &reqs[i];
+        assert_same(
+            &done[i],
+            &r.run(p, s),
+            p.len(),
+            &format!("beside the abort {i}"),
+        );
+    }
     assert_eq!(e.num_free_blocks(), e.num_blocks());
 }
 

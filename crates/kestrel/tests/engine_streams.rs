@@ -8,7 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake};
 
-use common::engine_ref::{assert_same, config, engine, greedy, load, prompt, Reference};
+use common::engine_ref::{
+    assert_same, config, engine, engine_async, greedy, load, prompt, Reference,
+};
 use kestrel::engine::engine::Engine;
 use kestrel::engine::generate::FinishReason;
 use kestrel::engine::handle::{EngineHandle, HandleError};
@@ -63,6 +65,22 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
         let (p, s) = &reqs[i];
         assert_same(&outs[i], &r.run(p, s), p.len(), &format!("request {i}"));
     }
+    // Asynchronously scheduled (no penalties, so decode steps pipeline; then with the penalised
+    // request, whose steps run one at a time between pipelined ones): the same tokens.
+    let mut e = engine_async(config(4, 128, 8, 16));
+    for batch in [&reqs[3..], &reqs[..]] {
+        let outs = e
+            .generate(
+                batch
+                    .iter()
+                    .map(|(p, s)| (Prompt::Tokens(p.clone()), s.clone())),
+            )
+            .unwrap();
+        for ((p, s), o) in batch.iter().zip(&outs) {
+            assert_same(o, &r.run(p, s), p.len(), "async");
+        }
+    }
+    assert!(e.stats().pipelined_steps > 0, "{:?}", e.stats());
 }
 
 #[test]

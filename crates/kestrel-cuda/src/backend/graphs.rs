@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, PinnedHostSlice};
 use kestrel::backend::{AttnMetadata, DecodeForward, DecodePick};
 use kestrel::{KestrelError, Result};
 
@@ -34,7 +34,7 @@ use super::metadata::{decode_pool, upload_decode, MetaPool};
 use super::tensor::CudaKvCache;
 use super::{be, CudaBackend};
 use crate::dtype::Bf16;
-use crate::ops::argmax::argmax;
+use crate::ops::argmax::{argmax, feed_decode_inputs};
 
 /// The largest batch a decode graph covers; larger steps run eagerly, unpadded.
 pub const MAX_GRAPH_BATCH: usize = 256;
@@ -71,11 +71,15 @@ pub(crate) struct Staged {
     pub capturing: bool,
 }
 
+/// A decode shape: (bucket, block-table width, sampled).
+pub(crate) type EntryKey = (usize, usize, bool);
+
 /// The fixed buffers and the graph of one (bucket, width, sampled).
 pub(crate) struct DecodeEntry {
     meta: MetaPool,
     ids: Arc<CudaSlice<u32>>,
-    out: CudaSlice<u32>,
+    /// The argmax of greedy steps (shared while a later step's inputs are fed from it).
+    out: Arc<CudaSlice<u32>>,
     workspace: Workspace,
     warmed: bool,
     /// Capture failed once: this shape runs eagerly from then on.
@@ -94,7 +98,7 @@ pub(crate) struct DecodeGraphs {
     /// What the entries' graphs bake in: the model (its weights) and the KV cache (its buffers'
     /// addresses and size).
     key: Vec<u64>,
-    entries: HashMap<(usize, usize, bool), DecodeEntry>,
+    entries: HashMap<EntryKey, DecodeEntry>,
     /// Sampled steps copy their logits here, out of the graph's own memory: one buffer of
     /// [`MAX_GRAPH_BATCH`] rows shared by every shape (allocated by the first sampled step, eagerly;
     /// a new model, whose graphs are all dropped first, may need another width), and the row width.
@@ -146,7 +150,12 @@ impl CudaBackend {
             .clone()
     }
 
-    /// A decode step of `meta.seqs.len()` ≤ [`MAX_GRAPH_BATCH`] sequences, padded to its bucket.
+    /// A decode step of `meta.seqs.len()` ≤ [`MAX_GRAPH_BATCH`] sequences, padded to its bucket;
+    /// returns its tokens and its shape. `fed`: the shape of the step before, whose argmax
+    /// ([`FED_FROM_PREVIOUS`](crate::ops::argmax::FED_FROM_PREVIOUS) rows of `tokens`) feeds this
+    /// one's inputs on the device. `keep` (greedy steps only): the tokens are copied there
+    /// asynchronously instead of read back (none are returned).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn graph_decode_step(
         &self,
         forward_id: u64,
@@ -155,7 +164,9 @@ impl CudaBackend {
         cache: &mut CudaKvCache,
         forward: &mut DecodeForward<'_, Self>,
         pick: DecodePick<'_>,
-    ) -> Result<Vec<u32>> {
+        fed: Option<EntryKey>,
+        keep: Option<&mut PinnedHostSlice<u32>>,
+    ) -> Result<(Vec<u32>, EntryKey)> {
         let prep_start = std::time::Instant::now();
         let dev = self.device();
         let n = meta.seqs.len();
@@ -186,12 +197,23 @@ impl CudaBackend {
             logits: kept_logits,
             ..
         } = &mut *graphs;
-        let entry = match entries.entry((bucket, width, sampled)) {
+        let key = (bucket, width, sampled);
+        let fed_from = match fed {
+            Some(k) => Some(
+                entries
+                    .get(&k)
+                    .ok_or_else(|| KestrelError::Backend("a fed decode step has no source".into()))?
+                    .out
+                    .clone(),
+            ),
+            None => None,
+        };
+        let entry = match entries.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(DecodeEntry {
                 meta: decode_pool(dev, bucket, width)?,
                 ids: Arc::new(self.alloc::<u32>(bucket)?),
-                out: self.alloc::<u32>(bucket)?,
+                out: Arc::new(self.alloc::<u32>(bucket)?),
                 workspace: Arc::new(Mutex::new(None)),
                 warmed: false,
                 failed: false,
@@ -208,6 +230,9 @@ impl CudaBackend {
         dev.stream()
             .memcpy_htod(&padded, ids)
             .map_err(|e| KestrelError::Backend(format!("uploading token ids: {e}")))?;
+        if let Some(prev) = fed_from {
+            feed_decode_inputs(dev, ids, &*prev, n).map_err(be)?;
+        }
 
         let stage = |capturing| Staged {
             bucket,
@@ -217,7 +242,7 @@ impl CudaBackend {
             workspace: entry.workspace.clone(),
             capturing,
         };
-        let mut run = |out: &mut CudaSlice<u32>,
+        let mut run = |out: &mut Arc<CudaSlice<u32>>,
                        kept: &mut Option<(CudaSlice<Bf16>, usize)>,
                        staged: Staged|
          -> Result<()> {
@@ -250,6 +275,9 @@ impl CudaBackend {
                     .map_err(|e| KestrelError::Backend(format!("copying decode logits: {e}")))?;
                 dev.count_launch();
             } else {
+                let out = Arc::get_mut(out).ok_or_else(|| {
+                    KestrelError::Backend("decode token ids still feeding a step".into())
+                })?;
                 argmax(dev, &logits.data, logits.cols, out).map_err(super::be)?;
             }
             drop(logits);
@@ -297,9 +325,18 @@ impl CudaBackend {
                 .as_ref()
                 .ok_or_else(|| KestrelError::Backend("no decode logits to sample".into()))?;
             let view = buf.slice(0..n * cols);
-            return super::sampling::sample_rows(self, &view, *cols, rows, penalties);
+            let ids = super::sampling::sample_rows(self, &view, *cols, rows, penalties)?;
+            return Ok((ids, key));
         }
-        dev.download(&entry.out.slice(0..n), "token ids")
-            .map_err(be)
+        let ids = entry.out.slice(0..n);
+        match keep {
+            Some(host) => {
+                dev.stream()
+                    .memcpy_dtoh(&ids, host)
+                    .map_err(|e| KestrelError::Backend(format!("copying token ids: {e}")))?;
+                Ok((Vec::new(), key))
+            }
+            None => Ok((dev.download(&ids, "token ids").map_err(be)?, key)),
+        }
     }
 }

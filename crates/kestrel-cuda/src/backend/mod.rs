@@ -10,6 +10,7 @@
 //! - Decode-sized matmuls (≤ [`linear::GEMV_MAX_TOKENS`] tokens) use the GEMV kernel, larger ones
 //!   cuBLAS (bf16 in, f32 compute).
 
+mod async_decode;
 mod attention;
 pub mod graphs;
 mod linear;
@@ -67,6 +68,10 @@ pub struct CudaBackend {
     decode_prep_ns: AtomicU64,
     /// Quantized weights' prefill tile (quant.rs), grown as needed.
     dequant_tile: Mutex<Option<CudaSlice<Bf16>>>,
+    /// Decode steps launched and not read back yet (asynchronous scheduling).
+    launched: Mutex<async_decode::Launched>,
+    /// See [`CudaBackend::async_decode_on`].
+    async_decode: AtomicBool,
 }
 
 impl CudaBackend {
@@ -83,6 +88,10 @@ impl CudaBackend {
             step_kernels: AtomicUsize::new(0),
             decode_prep_ns: AtomicU64::new(0),
             dequant_tile: Mutex::new(None),
+            launched: Mutex::new(async_decode::Launched::default()),
+            async_decode: AtomicBool::new(
+                std::env::var("KESTREL_ASYNC_DECODE").is_ok_and(|v| v == "1"),
+            ),
         }
     }
 

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use kestrel::backend::{
-    pick_tokens, AttnMetadata, AttnParams, Backend, DecodeForward, DecodePick, HostTiming,
-    KvCacheSpec,
+    pick_tokens, AttnMetadata, AttnParams, Backend, DecodeForward, DecodeInput, DecodePick,
+    HostTiming, KvCacheSpec, PendingDecode,
 };
 use kestrel::engine::penalties::RowPenalties;
 use kestrel::engine::row_sampling::RowSampling;
@@ -300,7 +300,9 @@ impl Backend for CudaBackend {
             }
         }
         if decode && n <= MAX_GRAPH_BATCH {
-            return self.graph_decode_step(forward_id, tokens, meta, cache, forward, pick);
+            return self
+                .graph_decode_step(forward_id, tokens, meta, cache, forward, pick, None, None)
+                .map(|(ids, _)| ids);
         }
         let logits = forward(tokens, meta, cache)?;
         pick_tokens(self, &logits, pick)
@@ -318,6 +320,29 @@ impl Backend for CudaBackend {
                 Ok("0")
             )
         })
+    }
+
+    /// Off unless `KESTREL_ASYNC_DECODE=1` (greedy decode steps of up to 256 sequences; see
+    /// backend/async_decode.rs).
+    fn async_decode(&self) -> bool {
+        self.async_decode_on()
+    }
+
+    fn launch_decode(
+        &self,
+        forward_id: u64,
+        inputs: &[DecodeInput],
+        previous: Option<&PendingDecode>,
+        meta: &AttnMetadata,
+        cache: &mut CudaKvCache,
+        forward: &mut DecodeForward<'_, Self>,
+        pick: DecodePick<'_>,
+    ) -> Result<PendingDecode> {
+        self.launch_decode_async(forward_id, inputs, previous, meta, cache, forward, pick)
+    }
+
+    fn collect_decode(&self, pending: PendingDecode) -> Result<Vec<u32>> {
+        self.collect_decode_async(pending)
     }
 
     fn host_timing(&self) -> Option<HostTiming> {

@@ -45,3 +45,42 @@ pub fn argmax(
         ],
     )
 }
+
+/// Marks an input id of [`feed_decode_inputs`] as row `row` of the previous step's output.
+pub const FED_FROM_PREVIOUS: u32 = 0x8000_0000;
+
+/// `ids[i] = prev[ids[i] & !FED_FROM_PREVIOUS]` where `ids[i]` has [`FED_FROM_PREVIOUS`] set, for
+/// `i < n` (asynchronous scheduling: a decode step's inputs are the previous step's tokens, which
+/// the host has not read yet). Rows named must be below `prev.len()`.
+pub fn feed_decode_inputs(
+    dev: &CudaDevice,
+    ids: &mut impl DevicePtrMut<u32>,
+    prev: &impl DevicePtr<u32>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "feed_decode_inputs";
+    if n > ids.len() {
+        return Err(super::shape_error(
+            OP,
+            format!("{n} inputs in a buffer of {}", ids.len()),
+        ));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let s = dev.stream();
+    let (i, _gi) = ids.device_ptr_mut(s);
+    let (p, _gp) = prev.device_ptr(s);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        &ARGMAX,
+        "feed_decode_inputs",
+        cfg,
+        &[Arg::Ptr(i), Arg::Ptr(p), Arg::I32(to_i32(OP, "n", n)?)],
+    )
+}

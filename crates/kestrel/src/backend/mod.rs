@@ -4,9 +4,11 @@
 //! KV cache described by an explicit [`AttnMetadata`]. The CPU backend implements each op plainly and is
 //! the reference; faster backends fuse them.
 
+pub mod async_decode;
 pub mod cpu;
 mod metadata;
 
+pub use async_decode::{DecodeInput, PendingDecode};
 pub use metadata::{AttnMetadata, KvCacheSpec, SeqSlice};
 
 use crate::engine::penalties::RowPenalties;
@@ -186,6 +188,37 @@ pub trait Backend: Send + Sync {
         let _ = forward_id;
         let logits = forward(tokens, meta, cache)?;
         pick_tokens(self, &logits, pick)
+    }
+
+    /// Whether the engine may launch a pure-decode step before reading back the previous one's
+    /// tokens ([`Backend::launch_decode`]). Off by default.
+    fn async_decode(&self) -> bool {
+        false
+    }
+
+    /// [`Backend::decode_step`] with its tokens read back later by [`Backend::collect_decode`], in
+    /// launch order. `inputs[i]` is sequence `i`'s token or a row of `previous` (the step launched
+    /// just before, not collected yet). The default runs the step now and keeps its tokens in the
+    /// returned [`PendingDecode`].
+    #[allow(clippy::too_many_arguments)]
+    fn launch_decode(
+        &self,
+        forward_id: u64,
+        inputs: &[DecodeInput],
+        previous: Option<&PendingDecode>,
+        meta: &AttnMetadata,
+        cache: &mut Self::KvCache,
+        forward: &mut DecodeForward<'_, Self>,
+        pick: DecodePick<'_>,
+    ) -> Result<PendingDecode> {
+        let tokens = async_decode::resolve_inputs(inputs, previous)?;
+        let ids = self.decode_step(forward_id, &tokens, meta, cache, forward, pick)?;
+        Ok(PendingDecode::ready(ids))
+    }
+
+    /// The tokens of a step from [`Backend::launch_decode`] (waits for it).
+    fn collect_decode(&self, pending: PendingDecode) -> Result<Vec<u32>> {
+        pending.into_tokens()
     }
 
     /// [`Backend::decode_step`] taking the argmax of each row (greedy decoding).

@@ -120,7 +120,7 @@ impl BlockManager {
         let mut parent = None;
         for i in 0..n {
             let tokens = seq.block(i);
-            let hash = (tokens.len() == self.block_size).then(|| hash_block(parent, tokens));
+            let hash = seq.block_is_final(i).then(|| hash_block(parent, tokens));
             if let (true, Some(h)) = (hits.len() == i, hash) {
                 if let Some(&b) = self.hash_to_block.get(&h).filter(|_| usable(h)) {
                     let block = &self.blocks[b as usize];
@@ -272,17 +272,24 @@ impl BlockManager {
             let b = self.take_fresh();
             seq.block_table.push(b);
         }
-        if seq.last_block_num_tokens() == self.block_size {
-            let last = seq.block_table[n - 1];
-            if self.blocks[last as usize].hash.is_none() {
-                let parent = n
-                    .checked_sub(2)
-                    .and_then(|p| self.blocks[seq.block_table[p] as usize].hash);
-                let h = hash_block(parent, seq.block(n - 1));
-                self.register(last, h, parent, seq.block(n - 1));
-            }
-        }
+        self.hash_full_block(seq, n - 1);
         Ok(())
+    }
+
+    /// Hashes (and registers for prefix-cache hits) the sequence's block `i` if it is full, holds no
+    /// pending token, is held and has no hash yet: after [`Self::may_append`], or when a pending
+    /// token is replaced by the real one.
+    pub fn hash_full_block(&mut self, seq: &Sequence, i: usize) {
+        let Some(&b) = seq.block_table.get(i) else {
+            return;
+        };
+        if !seq.block_is_final(i) || self.blocks[b as usize].hash.is_some() {
+            return;
+        }
+        let parent = i
+            .checked_sub(1)
+            .and_then(|p| self.blocks[seq.block_table[p] as usize].hash);
+        self.register(b, hash_block(parent, seq.block(i)), parent, seq.block(i));
     }
 
     /// Records a full block's hash; the first block registered under a hash stays its entry.

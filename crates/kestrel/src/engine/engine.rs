@@ -19,9 +19,9 @@ use super::logprobs::{token_logprob, TokenLogprob};
 use super::request::{Output, Prompt, Request, RequestId, RequestOutput};
 use super::runner::{Runner, StepLogits};
 use super::sampling::{Sampler, SamplingParams};
-use super::scheduler::{Scheduler, SchedulerConfig, SchedulerError, SeqParams};
-use super::sequence::Sequence;
-use crate::backend::{Backend, DecodePick};
+use super::scheduler::{ScheduledBatch, Scheduler, SchedulerConfig, SchedulerError, SeqParams};
+use super::sequence::{Sequence, PENDING_TOKEN};
+use crate::backend::{Backend, DecodeInput, DecodePick, PendingDecode};
 use crate::model::Qwen3Model;
 use crate::tokenizer::Tokenizer;
 use crate::{KestrelError, Result};
@@ -45,6 +45,8 @@ pub struct EngineStats {
     pub preemptions: u64,
     /// Steps through the backend's decode graph path.
     pub graph_steps: u64,
+    /// Decode steps launched while the previous one was still in flight (asynchronous scheduling).
+    pub pipelined_steps: u64,
     /// Wall time of `step` in nanoseconds: planning (scheduling, sampler draws) before the model
     /// runs, running it (the runner: metadata, launches, waiting for the device), and turning its
     /// tokens into outputs (sequences, text, stop checks). The first and last are host work a GPU
@@ -68,7 +70,44 @@ pub struct Engine<B: Backend> {
     next_id: RequestId,
     /// Outputs made between steps (aborts), returned by the next `step`.
     pending: Vec<RequestOutput>,
+    /// The decode step launched and not read back yet (asynchronous scheduling).
+    inflight: Option<InFlight>,
     stats: EngineStats,
+}
+
+/// A decode step launched and not read back yet.
+struct InFlight {
+    /// The step's sequences in row order.
+    order: Vec<RequestId>,
+    /// Each sequence's row, and the position of its pending token.
+    rows: HashMap<RequestId, (usize, usize)>,
+    /// Sequences the scheduler finished with this token (max_tokens).
+    done: HashSet<RequestId>,
+    pending: PendingDecode,
+}
+
+/// The samplers of the batch's sampling sequences, in batch order.
+fn samplers_of<'a>(
+    requests: &'a mut HashMap<RequestId, Request>,
+    batch: &ScheduledBatch,
+) -> Result<Vec<&'a mut Sampler>> {
+    let row_of: HashMap<RequestId, usize> = batch
+        .seqs
+        .iter()
+        .filter(|s| s.samples)
+        .enumerate()
+        .map(|(row, s)| (s.seq_id, row))
+        .collect();
+    let mut slots: Vec<Option<&mut Sampler>> = (0..row_of.len()).map(|_| None).collect();
+    for (id, req) in requests.iter_mut() {
+        if let Some(&row) = row_of.get(id) {
+            slots[row] = Some(&mut req.sampler);
+        }
+    }
+    slots
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| KestrelError::Engine("a scheduled sequence has no request".into()))
 }
 
 fn scheduler_error(e: SchedulerError) -> KestrelError {
@@ -104,6 +143,7 @@ impl<B: Backend> Engine<B> {
             admitted: HashSet::new(),
             next_id: 0,
             pending: Vec::new(),
+            inflight: None,
             stats: EngineStats::default(),
         })
     }
@@ -155,7 +195,7 @@ impl<B: Backend> Engine<B> {
 
     /// Requests not yet finished (or finished with outputs not yet returned by `step`).
     pub fn has_unfinished(&self) -> bool {
-        !self.requests.is_empty() || !self.pending.is_empty()
+        !self.requests.is_empty() || !self.pending.is_empty() || self.inflight.is_some()
     }
 
     /// Queues a request; its outputs come from later [`Self::step`]s.
@@ -236,16 +276,31 @@ impl<B: Backend> Engine<B> {
         true
     }
 
-    /// Runs one step; returns an output for every request that generated a token or finished.
+    /// Runs one step; returns an output for every request that generated a token or finished. With
+    /// asynchronous scheduling (a backend with [`Backend::async_decode`]), a pure-decode step is
+    /// launched before the previous one's tokens are read back, and its outputs come with the next
+    /// call: the device then never waits for this host work between decode steps.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let started = Instant::now();
         let mut outputs = std::mem::take(&mut self.pending);
-        if self.scheduler.is_finished() {
+        // Planned before the step in flight (if any) is read back: its sequences hold a pending
+        // token, which is the input of their next decode.
+        let batch = if self.scheduler.is_finished() {
+            None
+        } else {
+            self.scheduler.schedule()
+        };
+        let prev = self.inflight.take();
+        let Some(mut batch) = batch else {
+            if let Some(prev) = prev {
+                self.collect(prev, &mut outputs)?;
+            } else if !self.scheduler.is_finished() {
+                return Err(KestrelError::Engine(
+                    "requests are waiting but none can be scheduled".into(),
+                ));
+            }
             return Ok(outputs);
-        }
-        let mut batch = self.scheduler.schedule().ok_or_else(|| {
-            KestrelError::Engine("requests are waiting but none can be scheduled".into())
-        })?;
+        };
         if self.backend.decode_longest_first() && batch.seqs.iter().all(|s| s.token_ids.len() == 1)
         {
             // Rows are independent and everything downstream follows the batch's order.
@@ -263,24 +318,183 @@ impl<B: Backend> Engine<B> {
                 self.stats.cached_tokens += (s.context_len - s.token_ids.len()) as u64;
             }
         }
+        if self.can_launch(&batch, prev.as_ref()) {
+            let planned = Instant::now();
+            let launched = self.launch(batch, prev.as_ref())?;
+            let ran = Instant::now();
+            if let Some(prev) = prev {
+                self.stats.pipelined_steps += 1;
+                self.collect(prev, &mut outputs)?;
+            }
+            self.inflight = Some(launched);
+            self.add_times(started, planned, ran);
+            return Ok(outputs);
+        }
+        if let Some(prev) = prev {
+            let sampled = self.collect(prev, &mut outputs)?;
+            // The step runs now: pending inputs become the tokens just read, and sequences whose
+            // requests just ended (a stop token or string) leave it.
+            batch.seqs.retain(|s| self.requests.contains_key(&s.seq_id));
+            for s in &mut batch.seqs {
+                for t in s.token_ids.iter_mut().filter(|t| **t == PENDING_TOKEN) {
+                    *t = *sampled.get(&s.seq_id).ok_or_else(|| {
+                        KestrelError::Engine(format!("sequence {} has no sampled token", s.seq_id))
+                    })?;
+                }
+            }
+            if batch.seqs.is_empty() {
+                return Ok(outputs);
+            }
+        }
+        self.run_now(batch, started, &mut outputs)?;
+        Ok(outputs)
+    }
+
+    fn add_times(&mut self, started: Instant, planned: Instant, ran: Instant) {
+        let ns = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        self.stats.plan_ns += ns(planned - started);
+        self.stats.run_ns += ns(ran - planned);
+        self.stats.output_ns += ns(ran.elapsed());
+    }
+
+    /// Whether `batch` can be launched without reading back the step in flight: the backend allows
+    /// it, every sequence decodes one token and samples it with neither penalties nor log
+    /// probabilities (which need the host's view of the tokens), and each pending input is a row of
+    /// that step.
+    fn can_launch(&self, batch: &ScheduledBatch, prev: Option<&InFlight>) -> bool {
+        self.backend.async_decode()
+            && batch.seqs.iter().all(|s| {
+                s.samples
+                    && s.token_ids.len() == 1
+                    && self.requests.get(&s.seq_id).is_some_and(|r| {
+                        let p = r.sampler.params();
+                        p.logprobs.is_none() && !r.sampler.has_penalties()
+                    })
+                    && (s.token_ids[0] != PENDING_TOKEN
+                        || prev.is_some_and(|p| p.rows.contains_key(&s.seq_id)))
+            })
+    }
+
+    /// Launches a pure-decode step and applies it to the scheduler with pending tokens.
+    fn launch(&mut self, batch: ScheduledBatch, prev: Option<&InFlight>) -> Result<InFlight> {
+        let mut samplers = samplers_of(&mut self.requests, &batch)?;
+        let all_greedy = samplers.iter().all(|s| s.params().is_plain_greedy());
+        let drawn = if all_greedy {
+            None
+        } else {
+            Some(step_rows(&mut samplers, None)?)
+        };
+        let pick = match &drawn {
+            None => DecodePick::Argmax,
+            Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
+        };
+        let inputs: Vec<DecodeInput> = batch
+            .seqs
+            .iter()
+            .map(|s| match (s.token_ids[0], prev) {
+                (PENDING_TOKEN, Some(p)) => DecodeInput::Previous(p.rows[&s.seq_id].0),
+                (t, _) => DecodeInput::Token(t),
+            })
+            .collect();
+        let pending = self.runner.launch(
+            &self.backend,
+            &self.model,
+            &batch,
+            &inputs,
+            prev.map(|p| &p.pending),
+            pick,
+        )?;
+        let sampled = vec![Some(PENDING_TOKEN); batch.seqs.len()];
+        let done = self.scheduler.postprocess(&batch, &sampled);
+        let rows = batch
+            .seqs
+            .iter()
+            .enumerate()
+            .map(|(row, s)| (s.seq_id, (row, s.context_len)))
+            .collect();
+        Ok(InFlight {
+            order: batch.seqs.iter().map(|s| s.seq_id).collect(),
+            rows,
+            done: done.into_iter().collect(),
+            pending,
+        })
+    }
+
+    /// Reads back a launched step: its tokens replace the pending ones and become outputs. Returns
+    /// each sequence's token.
+    fn collect(
+        &mut self,
+        prev: InFlight,
+        outputs: &mut Vec<RequestOutput>,
+    ) -> Result<HashMap<RequestId, u32>> {
+        let ids = self.backend.collect_decode(prev.pending)?;
+        if ids.len() != prev.order.len() {
+            return Err(KestrelError::Backend(format!(
+                "a decode step returned {} tokens for {} sequences",
+                ids.len(),
+                prev.order.len()
+            )));
+        }
+        let mut sampled = HashMap::with_capacity(ids.len());
+        for (&id, &tok) in prev.order.iter().zip(&ids) {
+            let pos = prev.rows[&id].1;
+            self.scheduler.set_token(id, pos, tok);
+            sampled.insert(id, tok);
+            // An aborted request's token is dropped.
+            if let Some(req) = self.requests.get_mut(&id) {
+                req.sampler.accept(tok);
+                let out = self.deliver(id, tok, prev.done.contains(&id), None)?;
+                outputs.push(out);
+            }
+        }
+        Ok(sampled)
+    }
+
+    /// A sampled token into its request's output; ends the request at a stop, or where the
+    /// scheduler finished its sequence (`done`: max_tokens).
+    fn deliver(
+        &mut self,
+        id: RequestId,
+        tok: u32,
+        done: bool,
+        logprob: Option<TokenLogprob>,
+    ) -> Result<RequestOutput> {
+        let req = self
+            .requests
+            .get_mut(&id)
+            .ok_or_else(|| KestrelError::Engine(format!("no request {id}")))?;
+        self.stats.generated_tokens += 1;
+        let mut out = req.on_token(tok)?;
+        out.logprobs.extend(logprob);
+        if done {
+            self.scheduler.take_finished(id);
+            if out.finish_reason.is_none() {
+                // Both count to the same max_tokens; this only guards against drift.
+                let last = req.finish_without_token(FinishReason::Length);
+                out.text += &last.text;
+                out.finish_reason = last.finish_reason;
+            }
+        } else if out.finish_reason.is_some() {
+            self.scheduler.abort(id);
+        }
+        if out.finish_reason.is_some() {
+            self.requests.remove(&id);
+            self.admitted.remove(&id);
+        }
+        Ok(out)
+    }
+
+    /// Runs a step now and turns its tokens into outputs.
+    fn run_now(
+        &mut self,
+        batch: ScheduledBatch,
+        started: Instant,
+        outputs: &mut Vec<RequestOutput>,
+    ) -> Result<()> {
         let sampling: Vec<usize> = (0..batch.seqs.len())
             .filter(|&k| batch.seqs[k].samples)
             .collect();
-        let row_of: HashMap<RequestId, usize> = sampling
-            .iter()
-            .enumerate()
-            .map(|(row, &k)| (batch.seqs[k].seq_id, row))
-            .collect();
-        let mut slots: Vec<Option<&mut Sampler>> = (0..sampling.len()).map(|_| None).collect();
-        for (id, req) in self.requests.iter_mut() {
-            if let Some(&row) = row_of.get(id) {
-                slots[row] = Some(&mut req.sampler);
-            }
-        }
-        let mut samplers: Vec<&mut Sampler> = slots
-            .into_iter()
-            .collect::<Option<_>>()
-            .ok_or_else(|| KestrelError::Engine("a scheduled sequence has no request".into()))?;
+        let mut samplers = samplers_of(&mut self.requests, &batch)?;
         // Greedy rows take the argmax on the backend; otherwise every row samples there with this
         // step's draws and penalties (drawn now, once: the decode graph path samples inside the step).
         let all_greedy = samplers.iter().all(|s| s.params().is_plain_greedy());
@@ -335,37 +549,15 @@ impl<B: Backend> Engine<B> {
             .collect();
         for (k, (s, tok)) in batch.seqs.iter().zip(&sampled).enumerate() {
             let Some(tok) = *tok else { continue };
-            let req = self
-                .requests
-                .get_mut(&s.seq_id)
-                .ok_or_else(|| KestrelError::Engine(format!("no request {}", s.seq_id)))?;
-            self.stats.generated_tokens += 1;
-            let mut out = req.on_token(tok)?;
-            if let Some(i) = logprobs.iter().position(|&(j, _)| j == k) {
-                out.logprobs.push(logprobs.swap_remove(i).1);
-            }
-            if done.contains(&s.seq_id) {
-                self.scheduler.take_finished(s.seq_id);
-                if out.finish_reason.is_none() {
-                    // Both count to the same max_tokens; this only guards against drift.
-                    let last = req.finish_without_token(FinishReason::Length);
-                    out.text += &last.text;
-                    out.finish_reason = last.finish_reason;
-                }
-            } else if out.finish_reason.is_some() {
-                self.scheduler.abort(s.seq_id);
-            }
-            if out.finish_reason.is_some() {
-                self.requests.remove(&s.seq_id);
-                self.admitted.remove(&s.seq_id);
-            }
+            let lp = logprobs
+                .iter()
+                .position(|&(j, _)| j == k)
+                .map(|i| logprobs.swap_remove(i).1);
+            let out = self.deliver(s.seq_id, tok, done.contains(&s.seq_id), lp)?;
             outputs.push(out);
         }
-        let ns = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
-        self.stats.plan_ns += ns(planned - started);
-        self.stats.run_ns += ns(ran - planned);
-        self.stats.output_ns += ns(ran.elapsed());
-        Ok(outputs)
+        self.add_times(started, planned, ran);
+        Ok(())
     }
 
     /// Runs `requests` to completion (offline batch inference); outputs in the order given.

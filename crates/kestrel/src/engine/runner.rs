@@ -12,7 +12,9 @@
 //! only truth about where a sequence's KV lives, which keeps preemption and prefix caching out of here.
 
 use super::scheduler::ScheduledBatch;
-use crate::backend::{AttnMetadata, Backend, DecodePick, KvCacheSpec, SeqSlice};
+use crate::backend::{
+    AttnMetadata, Backend, DecodeInput, DecodePick, KvCacheSpec, PendingDecode, SeqSlice,
+};
 use crate::config::ModelConfig;
 use crate::model::Qwen3Model;
 use crate::{KestrelError, Result};
@@ -108,6 +110,42 @@ impl<B: Backend> Runner<B> {
             tokens.extend_from_slice(&s.token_ids);
         }
         Ok((tokens, AttnMetadata::new(self.block_size, slices)?))
+    }
+
+    /// Launches a pure-decode step (one token per sequence, each sampling) whose tokens are read
+    /// back later ([`Backend::collect_decode`]): `inputs[i]` is sequence `i`'s token, or a row of
+    /// `previous`, the step launched before and not collected yet.
+    pub fn launch(
+        &mut self,
+        backend: &B,
+        model: &Qwen3Model<B>,
+        batch: &ScheduledBatch,
+        inputs: &[DecodeInput],
+        previous: Option<&PendingDecode>,
+        pick: DecodePick<'_>,
+    ) -> Result<PendingDecode> {
+        let (tokens, meta) = self.metadata(batch)?;
+        if tokens.len() != batch.seqs.len() || inputs.len() != tokens.len() {
+            return Err(KestrelError::Engine(format!(
+                "a launched decode step of {} sequences has {} tokens and {} inputs",
+                batch.seqs.len(),
+                tokens.len(),
+                inputs.len()
+            )));
+        }
+        self.graph_steps += 1;
+        backend.launch_decode(
+            model.instance_id(),
+            inputs,
+            previous,
+            &meta,
+            &mut self.cache,
+            &mut |t, m, c| {
+                let every: Vec<usize> = (0..t.len()).collect();
+                model.forward(backend, t, m, c, &every)
+            },
+            pick,
+        )
     }
 
     /// Runs the step. `pick`: how every sampling sequence's token is chosen on the backend (the

@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::block_manager::{hash_block, BlockManager};
-use super::sequence::{Sequence, SequenceStatus};
+use super::sequence::{Sequence, SequenceStatus, PENDING_TOKEN};
 
 #[derive(Clone, Copy, Debug)]
 pub struct SchedulerConfig {
@@ -259,6 +259,36 @@ impl Scheduler {
         true
     }
 
+    /// Replaces the [`PENDING_TOKEN`] at `pos` of sequence `id` (wherever it is) by the token its
+    /// step sampled, and hashes the block it completes, if any. False when the id is unknown.
+    pub fn set_token(&mut self, id: u64, pos: usize, token: u32) -> bool {
+        let bs = self.cfg.block_size;
+        let entry = match self.running.iter().position(|e| e.seq.id == id) {
+            Some(i) => Some(&mut self.running[i]),
+            None => self.waiting.iter_mut().find(|e| e.seq.id == id),
+        };
+        let Some(e) = entry else {
+            return match self.finished.get_mut(&id) {
+                Some(seq) if pos < seq.len() => {
+                    seq.token_ids[pos] = token;
+                    true
+                }
+                _ => false,
+            };
+        };
+        if pos >= e.seq.len() {
+            return false;
+        }
+        e.seq.token_ids[pos] = token;
+        let block = pos / bs;
+        if e.seq.block_is_final(block) && e.hashes.len() == block {
+            let h = hash_block(e.hashes.last().copied(), e.seq.block(block));
+            e.hashes.push(h);
+        }
+        self.bm.hash_full_block(&e.seq, block);
+        true
+    }
+
     fn preempt(&mut self, i: usize) -> u64 {
         let mut e = self.running.remove(i);
         self.bm.deallocate(&mut e.seq);
@@ -379,7 +409,8 @@ impl Scheduler {
             }
             let tok = tok.expect("a token is sampled at the end of a sequence's tokens");
             e.seq.append_token(tok);
-            if e.seq.len().is_multiple_of(bs) {
+            // a pending token's block is hashed when the real token replaces it (set_token)
+            if e.seq.len().is_multiple_of(bs) && tok != PENDING_TOKEN {
                 let parent = e.hashes.last().copied();
                 let h = hash_block(parent, e.seq.block(e.seq.len() / bs - 1));
                 e.hashes.push(h);

@@ -1,6 +1,11 @@
 //! A request's tokens and its place in the paged KV cache: the one type the Scheduler, the
 //! BlockManager and the Runner share (nano-vllm's `Sequence`).
 
+/// Stands for a token sampled by a decode step that is launched but not read back yet (asynchronous
+/// scheduling); replaced by the real token when it is ([`super::scheduler::Scheduler::set_token`]).
+/// No block holding it is hashed until then. Never a vocabulary id.
+pub const PENDING_TOKEN: u32 = u32::MAX;
+
 /// Where a sequence is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SequenceStatus {
@@ -81,6 +86,12 @@ impl Sequence {
 
     pub fn append_token(&mut self, token: u32) {
         self.token_ids.push(token);
+    }
+
+    /// Whether block `i` is full and holds no [`PENDING_TOKEN`]: only such blocks are hashed.
+    pub fn block_is_final(&self, i: usize) -> bool {
+        let b = self.block(i);
+        b.len() == self.block_size && !b.contains(&PENDING_TOKEN)
     }
 }
 

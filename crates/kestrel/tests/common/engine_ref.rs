@@ -47,6 +47,19 @@ pub fn engine_longest_first(cfg: EngineConfig) -> Engine<CpuBackend> {
     Engine::from_loaded(backend, loaded, cfg).expect("building the engine")
 }
 
+/// As [`engine`], with asynchronous scheduling: pure-decode steps launched before the previous
+/// step's tokens are read back (each output then comes one step later).
+pub fn engine_async(cfg: EngineConfig) -> Engine<CpuBackend> {
+    let (backend, loaded) = load();
+    let backend = backend.with_async_decode(true);
+    Engine::from_loaded(backend, loaded, cfg).expect("building the engine")
+}
+
+/// The engine both ways: steps run one at a time, and asynchronously scheduled.
+pub fn engines(cfg: EngineConfig) -> [(&'static str, Engine<CpuBackend>); 2] {
+    [("sync", engine(cfg)), ("async", engine_async(cfg))]
+}
+
 /// What a request gives run alone through `generate`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Expected {

@@ -47,6 +47,8 @@ pub struct CpuBackend {
     threads: usize,
     /// See [`Backend::decode_longest_first`] (off; tests turn it on to check the engine's reordering).
     longest_first: bool,
+    /// See [`Backend::async_decode`] (off; tests turn it on to check the engine's pipelining).
+    async_decode: bool,
 }
 
 impl CpuBackend {
@@ -55,12 +57,20 @@ impl CpuBackend {
         CpuBackend {
             threads: rayon::current_num_threads(),
             longest_first: false,
+            async_decode: false,
         }
     }
 
     /// Asks the engine to list decode steps' sequences longest first (as a GPU may).
     pub fn with_decode_longest_first(mut self, on: bool) -> CpuBackend {
         self.longest_first = on;
+        self
+    }
+
+    /// Lets the engine launch decode steps before reading the previous one's tokens (the CPU runs
+    /// each step at launch, so this checks the engine's side of asynchronous scheduling).
+    pub fn with_async_decode(mut self, on: bool) -> CpuBackend {
+        self.async_decode = on;
         self
     }
 }
@@ -84,6 +94,10 @@ impl Backend for CpuBackend {
 
     fn decode_longest_first(&self) -> bool {
         self.longest_first
+    }
+
+    fn async_decode(&self) -> bool {
+        self.async_decode
     }
 
     fn upload_matrix(&self, parts: &[HostTensor]) -> Result<CpuMatrix> {
