@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use cudarc::driver::PinnedHostSlice;
+use cudarc::driver::{CudaEvent, PinnedHostSlice};
 use kestrel::backend::{
     AttnMetadata, Backend, DecodeForward, DecodeInput, DecodePick, PendingDecode,
 };
@@ -29,8 +29,9 @@ pub(crate) struct Launched {
 }
 
 struct LaunchedStep {
-    /// Where the step's tokens land (its first `n` entries).
+    /// Where the step's tokens land (its first `n` entries), once `copied` has happened.
     host: PinnedHostSlice<u32>,
+    copied: CudaEvent,
     n: usize,
     /// The step's decode shape: its argmax buffer feeds the next step.
     key: EntryKey,
@@ -60,13 +61,18 @@ impl CudaBackend {
         let h = p.handle().ok_or_else(|| unknown(u64::MAX))?;
         let launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
         let step = launched.steps.get(&h).ok_or_else(|| unknown(h))?;
+        self.read_tokens(step)
+    }
+
+    /// Waits for a launched step's copy and reads its tokens.
+    fn read_tokens(&self, step: &LaunchedStep) -> Result<Vec<u32>> {
+        let err = |e: cudarc::driver::DriverError| {
+            KestrelError::Backend(format!("reading decode tokens: {e}"))
+        };
         let start = std::time::Instant::now();
-        let data = step
-            .host
-            .as_slice()
-            .map_err(|e| KestrelError::Backend(format!("reading decode tokens: {e}")))?;
+        step.copied.synchronize().map_err(err)?;
         self.device().count_wait(start.elapsed());
-        Ok(data[..step.n].to_vec())
+        Ok(step.host.as_slice().map_err(err)?[..step.n].to_vec())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -134,8 +140,14 @@ impl CudaBackend {
             Some(&mut host),
         );
         let mut state = self.launched.lock().unwrap_or_else(|e| e.into_inner());
-        let key = match launched {
-            Ok((_, key)) => key,
+        let recorded = launched.and_then(|(_, key)| {
+            let copied = self.device().stream().record_event(None).map_err(|e| {
+                KestrelError::Backend(format!("recording a decode step's copy: {e}"))
+            })?;
+            Ok((key, copied))
+        });
+        let (key, copied) = match recorded {
+            Ok(r) => r,
             Err(e) => {
                 state.spare.push(host);
                 return Err(e);
@@ -143,7 +155,15 @@ impl CudaBackend {
         };
         let h = state.next;
         state.next += 1;
-        state.steps.insert(h, LaunchedStep { host, n, key });
+        state.steps.insert(
+            h,
+            LaunchedStep {
+                host,
+                copied,
+                n,
+                key,
+            },
+        );
         Ok(PendingDecode::on_device(h))
     }
 
@@ -155,13 +175,7 @@ impl CudaBackend {
             let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
             launched.steps.remove(&h).ok_or_else(|| unknown(h))?
         };
-        let start = std::time::Instant::now();
-        let tokens = step
-            .host
-            .as_slice()
-            .map(|d| d[..step.n].to_vec())
-            .map_err(|e| KestrelError::Backend(format!("reading decode tokens: {e}")));
-        self.device().count_wait(start.elapsed());
+        let tokens = self.read_tokens(&step);
         let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
         launched.spare.push(step.host);
         tokens

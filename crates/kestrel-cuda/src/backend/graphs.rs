@@ -331,9 +331,13 @@ impl CudaBackend {
         let ids = entry.out.slice(0..n);
         match keep {
             Some(host) => {
-                dev.stream()
-                    .memcpy_dtoh(&ids, host)
-                    .map_err(|e| KestrelError::Backend(format!("copying token ids: {e}")))?;
+                // A copy sized by its destination: the first n entries of the pinned buffer (whose
+                // earlier copies were all waited for). The caller records the event to wait on.
+                let err = |e: cudarc::driver::DriverError| {
+                    KestrelError::Backend(format!("copying token ids: {e}"))
+                };
+                let dst = &mut host.as_mut_slice().map_err(err)?[..n];
+                dev.stream().memcpy_dtoh(&ids, dst).map_err(err)?;
                 Ok((Vec::new(), key))
             }
             None => Ok((dev.download(&ids, "token ids").map_err(be)?, key)),
