@@ -278,7 +278,8 @@ pub fn run<B: Backend>(
                 "num_seqs": reqs.len(), "prompt_tokens": prompt_tokens, "output_tokens": generated,
                 "seconds": total, "output_tok_s": generated as f64 / total.max(1e-9),
                 "total_tok_s": (prompt_tokens + generated) as f64 / total.max(1e-9),
-                "steps": st.steps - s0.steps, "preemptions": preemptions, "kv_tokens": tokens,
+                "steps": st.steps - s0.steps, "pipelined_steps": st.pipelined_steps - s0.pipelined_steps,
+                "preemptions": preemptions, "kv_tokens": tokens,
                 "decode_steps": split.decode_steps, "decode_seconds": split.decode_s,
                 "decode_step_rows": split.decode_rows, "decode_waited_seconds": split.decode_waited_s,
                 "decode_prep_seconds": split.decode_prep_s, "decode_plan_seconds": split.decode_plan_s,
@@ -385,6 +386,9 @@ fn split_line(r: &serde_json::Value) -> String {
         r["prefill_steps"],
         f("prefill_seconds"),
     );
+    if let Some(p) = r["pipelined_steps"].as_u64().filter(|&p| p > 0) {
+        line += &format!(", {p} launched before the previous step was read back");
+    }
     if let Some(host) = r["host_seconds"].as_f64() {
         line += &format!(
             "; host work the device waited for: {host:.2} s ({:.0}% of the run; in decode-only \
