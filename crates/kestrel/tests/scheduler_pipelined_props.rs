@@ -218,44 +218,8 @@ fn pipelined_workloads_finish_with_consistent_blocks() {
     let (mut pipelined, mut stops, mut preempted) = (0, 0, 0);
     for seed in 0..150u64 {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        let block_size = [1, 2, 4, 8, 16][rng.below(5)];
-        let chunked = rng.below(2) == 0;
-        let max_len: usize = 200 + 50;
-        let num_blocks = max_len.div_ceil(block_size) + rng.below(max_len / block_size + 1);
-        let max_num_seqs = rng.range(1, 32);
-        let budget = if chunked {
-            rng.range(max_num_seqs, 300)
-        } else {
-            rng.range(max_len, 400)
-        };
-        let cfg = SchedulerConfig {
-            max_num_seqs,
-            max_num_batched_tokens: budget,
-            block_size,
-            num_blocks,
-            chunked_prefill: chunked,
-        };
-        let bases: Vec<Vec<u32>> = (0..3)
-            .map(|_| {
-                (0..rng.range(1, 150))
-                    .map(|_| rng.below(8) as u32)
-                    .collect()
-            })
-            .collect();
-        let reqs = (0..rng.range(1, 40))
-            .map(|_| {
-                let len = rng.range(1, 200);
-                let mut p: Vec<u32> = if rng.below(3) > 0 {
-                    bases[rng.below(3)].iter().copied().take(len).collect()
-                } else {
-                    Vec::new()
-                };
-                while p.len() < len {
-                    p.push(rng.below(8) as u32);
-                }
-                (p, rng.range(1, 50))
-            })
-            .collect();
+        let (cfg, reqs) = common::scheduler_workload::random_workload(&mut rng);
+        let reqs = reqs.into_iter().map(|r| (r.prompt, r.max_tokens)).collect();
         let (p, s, e) = run(seed, cfg, reqs);
         pipelined += p;
         stops += s;

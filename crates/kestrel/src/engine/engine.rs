@@ -16,7 +16,9 @@ use super::batch_sampler::{sample_step, step_rows};
 use super::generate::FinishReason;
 use super::loaded::LoadedModel;
 use super::logprobs::{token_logprob, TokenLogprob};
+use super::penalties::RowPenalties;
 use super::request::{Output, Prompt, Request, RequestId, RequestOutput};
+use super::row_sampling::RowSampling;
 use super::runner::{Runner, StepLogits};
 use super::sampling::{Sampler, SamplingParams};
 use super::scheduler::{ScheduledBatch, Scheduler, SchedulerConfig, SchedulerError, SeqParams};
@@ -108,6 +110,25 @@ fn samplers_of<'a>(
         .into_iter()
         .collect::<Option<_>>()
         .ok_or_else(|| KestrelError::Engine("a scheduled sequence has no request".into()))
+}
+
+/// This step's draws and penalties, one per sampler, unless every row is plain greedy (then the
+/// backend takes the argmax). Drawn once, here: the decode graph path samples inside the step.
+fn draw(samplers: &mut [&mut Sampler]) -> Result<Option<StepDraws>> {
+    if samplers.iter().all(|s| s.params().is_plain_greedy()) {
+        Ok(None)
+    } else {
+        step_rows(samplers, None).map(Some)
+    }
+}
+
+type StepDraws = (Vec<RowSampling>, Vec<RowPenalties>);
+
+fn pick_of(drawn: &Option<StepDraws>) -> DecodePick<'_> {
+    match drawn {
+        None => DecodePick::Argmax,
+        Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
+    }
 }
 
 fn scheduler_error(e: SchedulerError) -> KestrelError {
@@ -378,16 +399,8 @@ impl<B: Backend> Engine<B> {
     /// Launches a pure-decode step and applies it to the scheduler with pending tokens.
     fn launch(&mut self, batch: ScheduledBatch, prev: Option<&InFlight>) -> Result<InFlight> {
         let mut samplers = samplers_of(&mut self.requests, &batch)?;
-        let all_greedy = samplers.iter().all(|s| s.params().is_plain_greedy());
-        let drawn = if all_greedy {
-            None
-        } else {
-            Some(step_rows(&mut samplers, None)?)
-        };
-        let pick = match &drawn {
-            None => DecodePick::Argmax,
-            Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
-        };
+        let drawn = draw(&mut samplers)?;
+        let pick = pick_of(&drawn);
         let inputs: Vec<DecodeInput> = batch
             .seqs
             .iter()
@@ -495,18 +508,8 @@ impl<B: Backend> Engine<B> {
             .filter(|&k| batch.seqs[k].samples)
             .collect();
         let mut samplers = samplers_of(&mut self.requests, &batch)?;
-        // Greedy rows take the argmax on the backend; otherwise every row samples there with this
-        // step's draws and penalties (drawn now, once: the decode graph path samples inside the step).
-        let all_greedy = samplers.iter().all(|s| s.params().is_plain_greedy());
-        let drawn = if all_greedy {
-            None
-        } else {
-            Some(step_rows(&mut samplers, None)?)
-        };
-        let pick = match &drawn {
-            None => DecodePick::Argmax,
-            Some((rows, penalties)) => DecodePick::Sample(rows, penalties),
-        };
+        let drawn = draw(&mut samplers)?;
+        let pick = pick_of(&drawn);
         // Rows that report log-probabilities (row, alternatives) need their logits: no device-only
         // decode step then, and only those rows cross to the host (a GPU step may hold 256 of 152k).
         // Empty (no allocation) unless a request asked.

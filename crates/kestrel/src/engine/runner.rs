@@ -27,6 +27,18 @@ pub enum StepLogits<T> {
     Logits(T),
 }
 
+/// The forward pass of a decode step: logits for every row.
+fn every_row<B: Backend>(
+    backend: &B,
+    model: &Qwen3Model<B>,
+    tokens: &[u32],
+    meta: &AttnMetadata,
+    cache: &mut B::KvCache,
+) -> Result<B::Tensor> {
+    let every: Vec<usize> = (0..tokens.len()).collect();
+    model.forward(backend, tokens, meta, cache, &every)
+}
+
 pub struct Runner<B: Backend> {
     cache: B::KvCache,
     block_size: usize,
@@ -140,10 +152,7 @@ impl<B: Backend> Runner<B> {
             previous,
             &meta,
             &mut self.cache,
-            &mut |t, m, c| {
-                let every: Vec<usize> = (0..t.len()).collect();
-                model.forward(backend, t, m, c, &every)
-            },
+            &mut |t, m, c| every_row(backend, model, t, m, c),
             pick,
         )
     }
@@ -176,10 +185,7 @@ impl<B: Backend> Runner<B> {
                 &tokens,
                 &meta,
                 &mut self.cache,
-                &mut |t, m, c| {
-                    let every: Vec<usize> = (0..t.len()).collect();
-                    model.forward(backend, t, m, c, &every)
-                },
+                &mut |t, m, c| every_row(backend, model, t, m, c),
                 pick,
             )?;
             if ids.len() != tokens.len() {

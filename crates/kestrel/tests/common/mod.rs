@@ -23,3 +23,4 @@ impl Rng {
 }
 
 pub mod engine_ref;
+pub mod scheduler_workload;
