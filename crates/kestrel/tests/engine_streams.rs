@@ -144,8 +144,14 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 fn spawn_handle(budget: usize) -> EngineHandle {
+    spawn_handle_with(budget, false)
+}
+
+/// The handle's engine, with asynchronous scheduling or not.
+fn spawn_handle_with(budget: usize, async_decode: bool) -> EngineHandle {
     EngineHandle::spawn(move || {
         let (backend, loaded) = load();
+        let backend = backend.with_async_decode(async_decode);
         Engine::from_loaded(backend, loaded, config(4, 96, 8, budget))
     })
     .unwrap()
@@ -153,8 +159,14 @@ fn spawn_handle(budget: usize) -> EngineHandle {
 
 #[test]
 fn handle_serves_many_threads_at_once() {
+    // Requests arrive while steps run; asynchronously scheduled, also while a step is in flight.
+    for async_decode in [false, true] {
+        serve_many_threads(spawn_handle_with(16, async_decode));
+    }
+}
+
+fn serve_many_threads(handle: EngineHandle) {
     let r = Arc::new(Reference::new());
-    let handle = spawn_handle(16);
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let h = handle.clone();
