@@ -12,6 +12,7 @@
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      async = KESTREL_ASYNC_DECODE=1 (asynchronous scheduling: greedy decode steps pipelined),
+#      poolkeep = KESTREL_POOL_KEEP=1 (freed device memory kept in the allocator's pool between steps),
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
 #      batch-64 runs) into throughput.txt,
@@ -62,6 +63,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
       attnlanes) env=(KESTREL_ATTN_MMA=0); extra=() ;;
       prefillscalar) env=(KESTREL_PREFILL_MMA=0); extra=() ;;
+      poolkeep) env=(KESTREL_POOL_KEEP=1); extra=() ;;
       attnmma3) env=(KESTREL_ATTN_MMA=3); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
@@ -89,7 +91,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # nosplitmixed, unsorted, prefillscalar, async, or a number (decode-attention target CTAs); default = none
+      # nosplitmixed, unsorted, prefillscalar, async, poolkeep, or a number (decode-attention target CTAs); default = none
       env=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
@@ -101,6 +103,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;
           async) env+=(KESTREL_ASYNC_DECODE=1) ;;
+          poolkeep) env+=(KESTREL_POOL_KEEP=1) ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac
       done

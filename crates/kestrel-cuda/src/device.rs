@@ -94,6 +94,9 @@ impl CudaDevice {
         let stream = ctx
             .new_stream()
             .map_err(CudaError::driver("creating a stream"))?;
+        if std::env::var("KESTREL_POOL_KEEP").is_ok_and(|v| v == "1") {
+            keep_freed_memory(&ctx)?;
+        }
         let name = ctx.name().map_err(CudaError::driver("device name"))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -193,6 +196,18 @@ impl CudaDevice {
     pub fn waited_seconds(&self) -> f64 {
         self.waited_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
+    /// Hands the stream-ordered pool's unused memory back to the driver, so that free memory can be
+    /// measured (see [`keep_freed_memory`]).
+    pub fn trim_memory_pool(&self) -> Result<()> {
+        self.synchronize()?;
+        // SAFETY: the context's device, and its own default pool.
+        unsafe {
+            let pool = cudarc::driver::result::device::get_default_mem_pool(self.ctx.cu_device())
+                .map_err(CudaError::driver("the device's memory pool"))?;
+            cudarc::driver::result::mem_pool::trim_to(pool, 0)
+                .map_err(CudaError::driver("trimming the memory pool"))
+        }
+    }
     /// Waits for all work queued on the device's stream.
     pub fn synchronize(&self) -> Result<()> {
         self.stream
@@ -274,5 +289,33 @@ impl CudaDevice {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, f.clone());
         Ok(f)
+    }
+}
+
+/// Keeps memory freed by stream-ordered frees in the device's pool for the next allocations: with the
+/// driver's default release threshold (0) the pool hands it back at every synchronization (each
+/// engine step ends in one), so every prefill step maps its hundreds of MB of activations again, on
+/// the host, while the GPU waits (a guess from bench.py's prompt steps, where the host is busy for
+/// as long as the GPU and barely waits: not measured yet, so opt-in with `KESTREL_POOL_KEEP=1`).
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    let pools = ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
+        )
+        .map_err(CudaError::driver("memory pool support"))?;
+    if pools == 0 {
+        return Ok(()); // allocations are synchronous there: nothing is pooled
+    }
+    let mut keep = u64::MAX;
+    // SAFETY: the context's own device and default pool; the attribute takes a u64.
+    unsafe {
+        let pool = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device())
+            .map_err(CudaError::driver("the device's memory pool"))?;
+        cudarc::driver::result::mem_pool::set_attribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut keep as *mut u64 as *mut std::ffi::c_void,
+        )
+        .map_err(CudaError::driver("keeping freed memory in the pool"))
     }
 }

@@ -122,6 +122,9 @@ impl CudaBackend {
                 format!("{gpu_memory_utilization} is not in (0, 1]"),
             ));
         }
+        // Memory freed while loading (staging, repacking) stays in the allocator's pool: hand it
+        // back first, or it would count as in use.
+        self.device().trim_memory_pool().map_err(super::be)?;
         let (free, total) = self.device().memory_info().map_err(super::be)?;
         let share = (total as f64 * gpu_memory_utilization as f64) as usize;
         let used = total - free;
