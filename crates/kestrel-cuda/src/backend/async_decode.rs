@@ -108,9 +108,14 @@ impl CudaBackend {
             };
             let host = match launched.spare.pop() {
                 Some(h) => h,
-                // SAFETY: every read of the buffer is of entries a copy wrote first.
-                None => unsafe { self.device().context().alloc_pinned::<u32>(MAX_GRAPH_BATCH) }
-                    .map_err(|e| KestrelError::Backend(format!("pinned host memory: {e}")))?,
+                // SAFETY: every read of the buffer is of entries a copy wrote first. Cached (not
+                // write-combined, cudarc's default): the host reads it.
+                None => unsafe {
+                    self.device()
+                        .context()
+                        .alloc_pinned_with_flags::<u32>(MAX_GRAPH_BATCH, 0)
+                }
+                .map_err(|e| KestrelError::Backend(format!("pinned host memory: {e}")))?,
             };
             (fed, prev_n, host)
         };
