@@ -448,10 +448,15 @@ impl<B: Backend> Engine<B> {
                 prev.order.len()
             )));
         }
+        let placed: Vec<(RequestId, usize, u32)> = prev
+            .order
+            .iter()
+            .zip(&ids)
+            .map(|(&id, &tok)| (id, prev.rows[&id].1, tok))
+            .collect();
+        self.scheduler.set_tokens(&placed);
         let mut sampled = HashMap::with_capacity(ids.len());
         for (&id, &tok) in prev.order.iter().zip(&ids) {
-            let pos = prev.rows[&id].1;
-            self.scheduler.set_token(id, pos, tok);
             sampled.insert(id, tok);
             // An aborted request's token is dropped.
             if let Some(req) = self.requests.get_mut(&id) {

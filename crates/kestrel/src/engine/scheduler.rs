@@ -262,8 +262,29 @@ impl Scheduler {
     /// Replaces the [`PENDING_TOKEN`] at `pos` of sequence `id` (wherever it is) by the token its
     /// step sampled, and hashes the block it completes, if any. False when the id is unknown.
     pub fn set_token(&mut self, id: u64, pos: usize, token: u32) -> bool {
+        let at = self.running.iter().position(|e| e.seq.id == id);
+        self.set_token_at(at, id, pos, token)
+    }
+
+    /// [`Self::set_token`] for a launched step's tokens `(id, pos, token)`: whether each id was
+    /// known.
+    pub fn set_tokens(&mut self, tokens: &[(u64, usize, u32)]) -> Vec<bool> {
+        let index: HashMap<u64, usize> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.seq.id, i))
+            .collect();
+        tokens
+            .iter()
+            .map(|&(id, pos, tok)| self.set_token_at(index.get(&id).copied(), id, pos, tok))
+            .collect()
+    }
+
+    /// `at`: the sequence's index in `running`, if it runs.
+    fn set_token_at(&mut self, at: Option<usize>, id: u64, pos: usize, token: u32) -> bool {
         let bs = self.cfg.block_size;
-        let entry = match self.running.iter().position(|e| e.seq.id == id) {
+        let entry = match at {
             Some(i) => Some(&mut self.running[i]),
             None => self.waiting.iter_mut().find(|e| e.seq.id == id),
         };
@@ -395,13 +416,16 @@ impl Scheduler {
             "one sample per scheduled sequence"
         );
         let bs = self.cfg.block_size;
+        // Running sequences by id, once (a step may hold hundreds).
+        let index: HashMap<u64, usize> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.seq.id, i))
+            .collect();
         let mut done = Vec::new();
         for (s, &tok) in batch.seqs.iter().zip(sampled) {
-            let i = self
-                .running
-                .iter()
-                .position(|e| e.seq.id == s.seq_id)
-                .expect("scheduled sequence is running");
+            let i = *index.get(&s.seq_id).expect("scheduled sequence is running");
             let e = &mut self.running[i];
             e.num_computed = s.context_len;
             if e.num_computed < e.seq.len() {
@@ -418,13 +442,22 @@ impl Scheduler {
             let stop =
                 e.params.eos == Some(tok) || e.seq.num_completion_tokens() >= e.params.max_tokens;
             if stop {
-                let mut e = self.running.remove(i);
-                self.bm.deallocate(&mut e.seq);
-                e.seq.status = SequenceStatus::Finished;
                 done.push(e.seq.id);
-                self.finished.insert(e.seq.id, e.seq);
             } else {
                 e.needs_slot = true;
+            }
+        }
+        if !done.is_empty() {
+            // Finished sequences leave `running` in one pass, the others keeping their order.
+            let ended: HashSet<u64> = done.iter().copied().collect();
+            for mut e in std::mem::take(&mut self.running) {
+                if ended.contains(&e.seq.id) {
+                    self.bm.deallocate(&mut e.seq);
+                    e.seq.status = SequenceStatus::Finished;
+                    self.finished.insert(e.seq.id, e.seq);
+                } else {
+                    self.running.push(e);
+                }
             }
         }
         done
