@@ -6,7 +6,8 @@
 # tg at temperature 0.7 on the GPU sampler; none), and with NCU=1 the per-kernel GPU time of a few
 # eager decode steps (ncu, caches and clocks left alone) into ncu-<shape>.csv.
 # Env: SKIP_TESTS=1, SKIP_PARITY=1 (then only makes the checkpoints), PARITY_SHAPES, BENCH_SHAPES,
-#      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run),
+#      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run), NCU_ARGS
+#      (more bench arguments for it, e.g. "--batch 128": batched decode steps as the engine runs them),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
 #      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), nosplitmixed = KESTREL_SPLIT_MIXED=0,
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
@@ -134,7 +135,7 @@ if [ "${NCU:-0}" = 1 ]; then
   mkdir -p "$out/ncu"
   for shape in ${BENCH_SHAPES:-0.6b 4b}; do
     "$ncu" --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
-      .gpu/bin/kestrel bench -m "/tmp/kestrel-parity/$shape" --device cuda -p ${NCU_PROMPT:-512} -n 4 -r 1 --eager \
+      .gpu/bin/kestrel bench -m "/tmp/kestrel-parity/$shape" --device cuda -p ${NCU_PROMPT:-512} -n 4 -r 1 --eager ${NCU_ARGS:-} \
       > "$out/ncu/ncu-$shape.csv" 2> "$out/ncu/ncu-$shape.err"
   done
   tar czf "$out/ncu.tgz" -C "$out" ncu && rm -rf "$out/ncu"
