@@ -100,3 +100,30 @@ fn partial_block_is_never_cached_and_append_hashes_full_blocks() {
     m.may_append(&mut a).unwrap_err();
     assert!(!m.can_append(&a));
 }
+
+#[test]
+fn a_block_filled_by_a_pending_token_is_hashed_when_the_token_arrives() {
+    let mut m = BlockManager::new(6, 4);
+    let mut a = seq(0, &[1, 2, 3, 4, 5, 6, 7]);
+    m.allocate(&mut a).unwrap();
+    // A launched step's token, not read back yet, fills the second block.
+    a.append_token(crate::engine::sequence::PENDING_TOKEN);
+    m.may_append(&mut a).unwrap();
+    assert!(!a.block_is_final(1));
+    m.check_invariants(&[&a]).unwrap();
+    // No prefix hit can reach the block while its token is pending.
+    let probe = seq(1, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(m.num_blocks_to_allocate(&probe), 2);
+    // The real token arrives: the block is hashed, and a prompt with that prefix hits it.
+    *a.token_ids.last_mut().unwrap() = 8;
+    m.hash_full_block(&a, 1);
+    m.check_invariants(&[&a]).unwrap();
+    let mut b = seq(1, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(m.num_blocks_to_allocate(&b), 1);
+    m.allocate(&mut b).unwrap();
+    assert_eq!(
+        (b.num_cached_tokens, &b.block_table[..2]),
+        (8, &a.block_table[..2])
+    );
+    m.check_invariants(&[&a, &b]).unwrap();
+}
