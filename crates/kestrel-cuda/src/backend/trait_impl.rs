@@ -21,6 +21,7 @@ use super::tensor::{
 use super::{be, CudaBackend};
 use crate::dtype::{to_f32, Bf16};
 use crate::ops::argmax::argmax;
+use crate::ops::argmax::FED_FROM_PREVIOUS;
 use crate::ops::embedding::embedding;
 use crate::ops::norm::rms_norm;
 use crate::ops::quant_layout::QuantWeights;
@@ -156,17 +157,21 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaMatrix, tokens: &[u32]) -> Result<CudaTensor> {
-        let ids = row_ids(tokens.iter().map(|&t| t as usize), table.rows, "token id")?;
         let mut out = self.tensor(tokens.len(), table.cols)?;
         let staged = self.staged();
         let uploaded;
-        // A decode step's (padded) token ids are already on the device.
+        // A decode step's (padded) token ids are already on the device. Those fed there from the
+        // previous step's argmax (asynchronous scheduling: FED_FROM_PREVIOUS rows here) are in the
+        // vocabulary by construction; the host checks the rest.
         let ids = match &staged {
             Some(st) => {
+                let host = tokens.iter().filter(|&&t| t & FED_FROM_PREVIOUS == 0);
+                row_ids(host.map(|&t| t as usize), table.rows, "token id")?;
                 check("staged token ids", st.ids.len(), tokens.len())?;
                 &*st.ids
             }
             None => {
+                let ids = row_ids(tokens.iter().map(|&t| t as usize), table.rows, "token id")?;
                 uploaded = self.upload("token ids", &ids)?;
                 &uploaded
             }
