@@ -269,15 +269,19 @@ impl Scheduler {
     /// [`Self::set_token`] for a launched step's tokens `(id, pos, token)`: whether each id was
     /// known.
     pub fn set_tokens(&mut self, tokens: &[(u64, usize, u32)]) -> Vec<bool> {
-        let index: HashMap<u64, usize> = self
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.seq.id, i))
-            .collect();
+        let index = self.running_index();
         tokens
             .iter()
             .map(|&(id, pos, tok)| self.set_token_at(index.get(&id).copied(), id, pos, tok))
+            .collect()
+    }
+
+    /// Each running sequence's index in `running`, by id.
+    fn running_index(&self) -> HashMap<u64, usize> {
+        self.running
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.seq.id, i))
             .collect()
     }
 
@@ -417,12 +421,7 @@ impl Scheduler {
         );
         let bs = self.cfg.block_size;
         // Running sequences by id, once (a step may hold hundreds).
-        let index: HashMap<u64, usize> = self
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.seq.id, i))
-            .collect();
+        let index = self.running_index();
         let mut done = Vec::new();
         for (s, &tok) in batch.seqs.iter().zip(sampled) {
             let i = *index.get(&s.seq_id).expect("scheduled sequence is running");
