@@ -735,3 +735,36 @@ fn wrappers_refuse_bad_shapes() {
     let err = rms_norm(dev, &odd, &w, 1e-6, &mut short).unwrap_err();
     assert!(err.to_string().contains("not 16-byte aligned"), "{err}");
 }
+
+#[test]
+fn fed_decode_inputs_take_the_previous_steps_rows() {
+    use kestrel_cuda::ops::argmax::{feed_decode_inputs, FED_FROM_PREVIOUS};
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new("feed_decode_inputs");
+    for (n, prev_n) in [(1, 1), (7, 16), (256, 256), (300, 64)] {
+        let prev: Vec<u32> = (0..prev_n).map(|_| rng.below(151_936) as u32).collect();
+        // Each input a host token or a row of the previous step; the buffer is longer than n (a
+        // padded bucket) and its tail must stay.
+        let ids: Vec<u32> = (0..n + 5)
+            .map(|_| match rng.below(3) {
+                0 => rng.below(151_936) as u32,
+                _ => FED_FROM_PREVIOUS | rng.below(prev_n) as u32,
+            })
+            .collect();
+        let want: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| match (i < n, v & FED_FROM_PREVIOUS != 0) {
+                (true, true) => prev[(v & !FED_FROM_PREVIOUS) as usize],
+                _ => v,
+            })
+            .collect();
+        let mut d_ids = upload(dev, &ids);
+        let d_prev = upload(dev, &prev);
+        feed_decode_inputs(dev, &mut d_ids, &d_prev, n).unwrap();
+        let got = dev.download(&d_ids, "fed ids").unwrap();
+        assert_eq!(got, want, "n {n}, previous {prev_n}");
+    }
+    let mut short = upload(dev, &[0u32; 4]);
+    assert!(feed_decode_inputs(dev, &mut short, &upload(dev, &[1u32]), 5).is_err());
+}
