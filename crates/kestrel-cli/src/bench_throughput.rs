@@ -226,7 +226,6 @@ pub fn run<B: Backend>(
             let step_start = Instant::now();
             let timing0 = engine.backend().host_timing().unwrap_or_default();
             let stats0 = engine.stats();
-            let generated0 = generated;
             for o in engine.step()? {
                 generated += o.new_token_ids.len();
                 if prefill_done.is_some() {
@@ -248,7 +247,7 @@ pub fn run<B: Backend>(
                 plan: secs(stats.plan_ns - stats0.plan_ns),
                 output: secs(stats.output_ns - stats0.output_ns),
                 computed: stats.computed_tokens - stats0.computed_tokens,
-                generated: generated - generated0,
+                seqs: stats.scheduled_seqs - stats0.scheduled_seqs,
             });
             if prefill_done.is_none() && first.iter().all(|&f| f) {
                 prefill_done = Some(start.elapsed());
@@ -352,12 +351,15 @@ struct StepSample {
     plan: f64,
     output: f64,
     computed: u64,
-    generated: usize,
+    /// Sequences the step ran (one token each in a decode-only step).
+    seqs: u64,
 }
 
 impl StepSplit {
     fn add(&mut self, s: StepSample) {
-        if s.computed > 0 && s.computed == s.generated as u64 {
+        // By what the step fed, not by what it returned: with asynchronous scheduling a step's
+        // outputs are those of the step before.
+        if s.computed > 0 && s.computed == s.seqs {
             self.decode_steps += 1;
             self.decode_s += s.seconds;
             self.decode_waited_s += s.waited;

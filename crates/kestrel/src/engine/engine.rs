@@ -41,6 +41,9 @@ pub struct EngineStats {
     pub steps: u64,
     /// Tokens fed to the model (prefill chunks and decode steps).
     pub computed_tokens: u64,
+    /// Sequences in the steps, summed (a step fed exactly one token to each of its sequences
+    /// when these two grow alike).
+    pub scheduled_seqs: u64,
     /// Tokens whose KV an admission found in the prefix cache instead of computing it.
     pub cached_tokens: u64,
     pub generated_tokens: u64,
@@ -330,6 +333,7 @@ impl<B: Backend> Engine<B> {
         self.stats.steps += 1;
         self.stats.preemptions += batch.preempted.len() as u64;
         self.stats.computed_tokens += batch.num_tokens() as u64;
+        self.stats.scheduled_seqs += batch.seqs.len() as u64;
         for id in &batch.preempted {
             self.admitted.remove(id);
         }
