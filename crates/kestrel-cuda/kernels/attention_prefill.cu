@@ -18,6 +18,7 @@
 // Launch: grid (ceil(max_query_len / BQ), num_heads, num_seqs), block PREFILL_THREADS, dynamic
 // shared memory prefill_smem_bytes(D) (see src/ops/attention.rs); q, out, caches 16-byte aligned.
 #include "common.cuh"
+#include "attention_prefill.cuh"
 
 #define BQ 64
 #define BK 64
@@ -191,14 +192,10 @@ __device__ void prefill_tile(bf16 *__restrict__ out, const bf16 *__restrict__ q,
 }
 
 #define PREFILL_KERNEL(D)                                                                           \
-    extern "C" __global__ void __launch_bounds__(PREFILL_THREADS) attention_prefill_d##D(           \
-        bf16 *out, const bf16 *q, const bf16 *k_cache, const bf16 *v_cache,                         \
-        const unsigned *cu_seqlens_q, const unsigned *context_lens, const unsigned *block_tables,   \
-        int num_heads, int num_kv_heads, int block_size, int max_blocks, float scale,               \
-        int skip_single) {                                                                          \
+    extern "C" __global__ void __launch_bounds__(PREFILL_THREADS)                                   \
+        attention_prefill_d##D(PREFILL_PARAMS) {                                                    \
         pdl_enter();                                                                                \
-        prefill_tile<D>(out, q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables,        \
-                        num_heads, num_kv_heads, block_size, max_blocks, scale, skip_single);       \
+        prefill_tile<D>(PREFILL_ARGS);                                                              \
     }
 
 // One instance per supported head_dim (src/ops/attention.rs: HEAD_DIMS).

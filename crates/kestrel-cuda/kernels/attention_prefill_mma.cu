@@ -17,6 +17,7 @@
 // Launch: grid (ceil(max_query_len / PM_BQ), num_heads, num_seqs), block PM_THREADS, dynamic shared
 // memory prefill_mma_smem(D) (src/ops/attention.rs); q, out, caches 16-byte aligned; D = head_dim.
 #include "mma_bf16.cuh"
+#include "attention_prefill.cuh"
 
 #define PM_BQ 64
 #define PM_BK 64
@@ -202,14 +203,10 @@ __device__ void prefill_mma(bf16 *__restrict__ out, const bf16 *__restrict__ q,
 }
 
 #define PREFILL_MMA_KERNEL(D)                                                                       \
-    extern "C" __global__ void __launch_bounds__(PM_THREADS) attention_prefill_mma_d##D(            \
-        bf16 *out, const bf16 *q, const bf16 *k_cache, const bf16 *v_cache,                         \
-        const unsigned *cu_seqlens_q, const unsigned *context_lens, const unsigned *block_tables,   \
-        int num_heads, int num_kv_heads, int block_size, int max_blocks, float scale,               \
-        int skip_single) {                                                                          \
+    extern "C" __global__ void __launch_bounds__(PM_THREADS)                                        \
+        attention_prefill_mma_d##D(PREFILL_PARAMS) {                                                \
         pdl_enter();                                                                                \
-        prefill_mma<D>(out, q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables,         \
-                       num_heads, num_kv_heads, block_size, max_blocks, scale, skip_single);       \
+        prefill_mma<D>(PREFILL_ARGS);                                                               \
     }
 
 PREFILL_MMA_KERNEL(64)

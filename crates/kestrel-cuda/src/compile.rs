@@ -105,6 +105,10 @@ pub(crate) const HEADERS: &[(&str, &str)] = &[
     ),
     ("gemv_mma.cuh", include_str!("../kernels/gemv_mma.cuh")),
     ("mma_bf16.cuh", include_str!("../kernels/mma_bf16.cuh")),
+    (
+        "attention_prefill.cuh",
+        include_str!("../kernels/attention_prefill.cuh"),
+    ),
     ("sampling.cuh", include_str!("../kernels/sampling.cuh")),
     (
         "sampling_flat.cuh",

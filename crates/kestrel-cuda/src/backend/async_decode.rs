@@ -42,12 +42,8 @@ fn unknown(h: u64) -> KestrelError {
 }
 
 impl CudaBackend {
-    /// Whether the engine may pipeline decode steps: off unless `KESTREL_ASYNC_DECODE=1` (not
-    /// measured on a GPU yet) or [`Self::set_async_decode`].
-    pub fn async_decode_on(&self) -> bool {
-        self.async_decode.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
+    /// Lets the engine pipeline decode steps ([`Backend::async_decode`]); off unless
+    /// `KESTREL_ASYNC_DECODE=1` (not measured on a GPU yet).
     pub fn set_async_decode(&self, on: bool) {
         self.async_decode
             .store(on, std::sync::atomic::Ordering::Relaxed);

@@ -70,7 +70,7 @@ pub struct CudaBackend {
     dequant_tile: Mutex<Option<CudaSlice<Bf16>>>,
     /// Decode steps launched and not read back yet (asynchronous scheduling).
     launched: Mutex<async_decode::Launched>,
-    /// See [`CudaBackend::async_decode_on`].
+    /// See [`CudaBackend::set_async_decode`].
     async_decode: AtomicBool,
 }
 

@@ -330,7 +330,7 @@ impl Backend for CudaBackend {
     /// Off unless `KESTREL_ASYNC_DECODE=1` (greedy decode steps of up to 256 sequences; see
     /// backend/async_decode.rs).
     fn async_decode(&self) -> bool {
-        self.async_decode_on()
+        self.async_decode.load(Ordering::Relaxed)
     }
 
     fn launch_decode(

@@ -710,6 +710,13 @@ fn prefill_kernel_name(head_dim: usize) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    /// The kernel source defines each `(name, value)` as the host's constant.
+    fn assert_defines(src: &str, defines: &[(&str, usize)]) {
+        for (name, v) in defines {
+            assert!(src.contains(&format!("#define {name} {v}\n")), "{name}");
+        }
+    }
+
     #[test]
     fn prefill_names_and_shared_memory() {
         for d in HEAD_DIMS {
@@ -721,27 +728,28 @@ mod tests {
             // sm_80 allows 163 KiB per block after opting in
             assert!(prefill_smem_bytes(d) <= 163 * 1024, "{d}");
         }
-        let src = ATTENTION_PREFILL.source;
-        for (name, v) in [
-            ("BQ", PREFILL_BQ),
-            ("BK", PREFILL_BK),
-            ("PREFILL_THREADS", PREFILL_THREADS as usize),
-        ] {
-            assert!(src.contains(&format!("#define {name} {v}\n")), "{name}");
-        }
+        assert_defines(
+            ATTENTION_PREFILL.source,
+            &[
+                ("BQ", PREFILL_BQ),
+                ("BK", PREFILL_BK),
+                ("PREFILL_THREADS", PREFILL_THREADS as usize),
+            ],
+        );
         let (_, merge_header) = crate::compile::HEADERS
             .iter()
             .find(|(name, _)| *name == "attention_decode_merge.cuh")
             .unwrap();
         assert!(merge_header.contains(&format!("#define DECODE_WARPS {DECODE_WARPS}\n")));
         let pm = ATTENTION_PREFILL_MMA.source;
-        for (name, v) in [
-            ("PM_BQ", PREFILL_MMA_BQ),
-            ("PM_BK", PREFILL_MMA_BK),
-            ("PM_THREADS", PREFILL_MMA_THREADS as usize),
-        ] {
-            assert!(pm.contains(&format!("#define {name} {v}\n")), "{name}");
-        }
+        assert_defines(
+            pm,
+            &[
+                ("PM_BQ", PREFILL_MMA_BQ),
+                ("PM_BK", PREFILL_MMA_BK),
+                ("PM_THREADS", PREFILL_MMA_THREADS as usize),
+            ],
+        );
         for d in MMA_HEAD_DIMS {
             assert!(pm.contains(&format!("PREFILL_MMA_KERNEL({d})\n")));
             assert_eq!(prefill_mma_name(d), format!("attention_prefill_mma_d{d}"));
