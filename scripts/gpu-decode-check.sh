@@ -12,7 +12,7 @@
 #      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), nosplitmixed = KESTREL_SPLIT_MIXED=0,
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
-#      async = KESTREL_ASYNC_DECODE=1 (asynchronous scheduling: greedy decode steps pipelined),
+#      sync = KESTREL_ASYNC_DECODE=0 (no asynchronous scheduling: each decode step read back before the next),
 #      poolkeep = KESTREL_POOL_KEEP=1 (freed device memory kept in the allocator's pool between steps),
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
@@ -92,7 +92,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # nosplitmixed, unsorted, prefillscalar, async, poolkeep, or a number (decode-attention target CTAs); default = none
+      # nosplitmixed, unsorted, prefillscalar, sync, poolkeep, or a number (decode-attention target CTAs); default = none
       env=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
@@ -103,7 +103,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           nosplitmixed) env+=(KESTREL_SPLIT_MIXED=0) ;;
           unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;
-          async) env+=(KESTREL_ASYNC_DECODE=1) ;;
+          sync) env+=(KESTREL_ASYNC_DECODE=0) ;;
           poolkeep) env+=(KESTREL_POOL_KEEP=1) ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac

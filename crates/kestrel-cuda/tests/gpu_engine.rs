@@ -189,19 +189,20 @@ fn batch_with_chunked_prefill_matches_each_request_alone() {
             e.num_blocks(),
             "{dir}: every block freed"
         );
-        // Asynchronous scheduling: decode steps fed from the previous step's argmax on the
-        // device, read back a step later; the same tokens.
+        // The default is asynchronous scheduling (decode steps fed from the previous step's
+        // argmax on the device, read back a step later); synchronous steps give the same tokens.
+        assert!(st.pipelined_steps > 0, "{dir}: nothing pipelined: {st:?}");
         let (mut e, _) = engine(&gpu, dir, cfg);
-        e.backend().set_async_decode(true);
-        let async_outs = run_all(&mut e, &reqs);
-        for (i, (a, b)) in async_outs.iter().zip(&outs).enumerate() {
-            assert_eq!(a.token_ids, b.token_ids, "{dir}: request {i} async");
-            assert_eq!(a.text, b.text, "{dir}: request {i} async");
-            assert_eq!(a.finish_reason, b.finish_reason, "{dir}: request {i} async");
+        e.backend().set_async_decode(false);
+        let sync_outs = run_all(&mut e, &reqs);
+        for (i, (a, b)) in sync_outs.iter().zip(&outs).enumerate() {
+            assert_eq!(a.token_ids, b.token_ids, "{dir}: request {i} sync");
+            assert_eq!(a.text, b.text, "{dir}: request {i} sync");
+            assert_eq!(a.finish_reason, b.finish_reason, "{dir}: request {i} sync");
         }
         let st = e.stats();
-        assert!(st.pipelined_steps > 0, "{dir}: nothing pipelined: {st:?}");
-        assert_eq!(e.num_free_blocks(), e.num_blocks(), "{dir}: async");
+        assert_eq!(st.pipelined_steps, 0, "{dir}: sync pipelined: {st:?}");
+        assert_eq!(e.num_free_blocks(), e.num_blocks(), "{dir}: sync");
     }
 }
 

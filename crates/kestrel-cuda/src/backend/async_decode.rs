@@ -42,8 +42,8 @@ fn unknown(h: u64) -> KestrelError {
 }
 
 impl CudaBackend {
-    /// Lets the engine pipeline decode steps ([`Backend::async_decode`]); off unless
-    /// `KESTREL_ASYNC_DECODE=1` (not measured on a GPU yet).
+    /// Lets the engine pipeline decode steps ([`Backend::async_decode`]); on unless
+    /// `KESTREL_ASYNC_DECODE=0`.
     pub fn set_async_decode(&self, on: bool) {
         self.async_decode
             .store(on, std::sync::atomic::Ordering::Relaxed);

@@ -89,9 +89,10 @@ impl CudaBackend {
             decode_prep_ns: AtomicU64::new(0),
             dequant_tile: Mutex::new(None),
             launched: Mutex::new(async_decode::Launched::default()),
-            async_decode: AtomicBool::new(
-                std::env::var("KESTREL_ASYNC_DECODE").is_ok_and(|v| v == "1"),
-            ),
+            async_decode: AtomicBool::new(!matches!(
+                std::env::var("KESTREL_ASYNC_DECODE").as_deref(),
+                Ok("0")
+            )),
         }
     }
 

@@ -327,8 +327,9 @@ impl Backend for CudaBackend {
         })
     }
 
-    /// Off unless `KESTREL_ASYNC_DECODE=1` (greedy decode steps of up to 256 sequences; see
-    /// backend/async_decode.rs).
+    /// On unless `KESTREL_ASYNC_DECODE=0` (greedy decode steps of up to 256 sequences; see
+    /// backend/async_decode.rs). H100, 65cc1c8, bench.py 0.6B BF16: 18,980 / 19,144 output tok/s
+    /// off, 19,667 on (decode-only steps 7.15 -> 6.88 s).
     fn async_decode(&self) -> bool {
         self.async_decode.load(Ordering::Relaxed)
     }

@@ -8,6 +8,7 @@ pub mod dequant;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+pub mod gemm_lt;
 pub mod gemv;
 pub mod gemv_dp4a;
 pub mod gemv_mma;
