@@ -1,12 +1,13 @@
 // Decode attention on the tensor cores: the same job, grid, partitions, workspace and merge as
 // attention_decode.cuh (read its header), with the q heads of a GQA group as the rows of
 // mma.m16n8k16 (rows 0..7 = up to 8 heads; rows 8..15 stay zero) against tiles of 16 keys:
-//   S = Q K^T: A = Q (registers, loaded once), B = the K tile by ldmatrix (keys are B's columns);
+//   S = Q K^T: A = Q (ldmatrix from the q heads staged once in shared memory), B = the K tile by
+//   ldmatrix (keys are B's columns);
 //   O += P V: A = P, straight from S's accumulators as bf16 (the FA2 register reuse), B = the V tile
 //   by ldmatrix.trans.
 // Why: the lane kernel is issue-bound (ncu: 23% warps active, shuffle reductions per key and head,
 // expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
-// 16-key tile costs each warp 48 mma, 16 ldmatrix and one softmax step for all its heads.
+// 16-key tile costs each warp 48 mma, 20 ldmatrix (D = 128) and one softmax step for all its heads.
 // Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
 // (cp.async, S stages of a K and a V tile (S = 2, or 3 in the _s3 instances), rows padded by 8 bf16: ldmatrix's 8 rows fall on
 // distinct banks); warps meet only after their last tile.
@@ -16,24 +17,28 @@
 // prefill kernel scores its row, and in a pure decode step), f32 accumulation; l sums the f32 P. The
 // output is rounded to bf16 once.
 // Launch: as attention_decode_g8 (grid (num_kv_heads * ceil(group / 8), num_seqs, max_partitions),
-// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, S) + (max_blocks + 1) u32 (src/ops/
-// attention.rs); head_dim = D.
+// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, S) + mma_att_q_bytes(D) + (max_blocks
+// + 1) u32 (src/ops/attention.rs); head_dim = D.
 #include "attention_decode.cuh"
 #include "mma_bf16.cuh"
 
 #define MMA_ATT_G 8
 #define MMA_ATT_KT 16
 
-// A with rows 8..15 zero (the GQA heads fill rows 0..7 at most)
-__device__ __forceinline__ void mma_att(float (&c)[4], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
-    mma_bf16_16816(c, a0, 0u, a2, 0u, b0, b1);
+// A with rows 8..15 zero (the GQA heads fill rows 0..7 at most): only rows 0..7 of C are kept
+__device__ __forceinline__ void mma_att(float (&c)[2], unsigned a0, unsigned a2, unsigned b0, unsigned b1) {
+    mma_bf16_16816_top(c, a0, a2, b0, b1);
 }
 
-// Bytes of the per-CTA area before the block-table entries: the warps' K/V rings (also the fused q
-// heads before the loop and the merge partials after it).
+// Bytes of the warps' K/V rings at the start of the per-CTA area (also the fused q heads before the
+// loop and the merge partials after it).
 __host__ __device__ constexpr int mma_att_smem(int d, int stages) {
     return DECODE_WARPS * stages * 2 * MMA_ATT_KT * (d + 8) * 2;
 }
+// Bytes of the q heads after the rings (MMA_ATT_G rows padded like the tiles), read by ldmatrix at
+// every tile rather than held in registers (2 * D / 16 of them, across the whole loop). The
+// block-table entries follow.
+__host__ __device__ constexpr int mma_att_q_bytes(int d) { return MMA_ATT_G * (d + 8) * 2; }
 
 template <int D, int S, bool FUSED>
 __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, float *__restrict__ ws_acc,
@@ -48,7 +53,8 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
     static_assert(D % 16 == 0 && 4 * DECODE_WARPS * G * (D + 2) <= mma_att_smem(D, S), "merge area");
     extern __shared__ uint4 mma_att_area[];
     bf16 *area = reinterpret_cast<bf16 *>(mma_att_area);
-    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + mma_att_smem(D, S) / 4;
+    bf16 *s_q = area + mma_att_smem(D, S) / 2;
+    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + (mma_att_smem(D, S) + mma_att_q_bytes(D)) / 4;
     pdl_enter();
     DecodeCta c;
     if (!decode_cta(c, G, cu_seqlens_q, context_lens, num_heads, num_kv_heads, max_partitions)) return;
@@ -67,16 +73,14 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                           kv_stride);
     __syncthreads();
 
-    // Q as A fragments: a0 = (row qr, columns kk*16 + qc, +1), a2 = the same 8 columns on
+    // the q heads into their padded rows (zero rows past the group), 16 bytes a thread a step
     const bf16 *qsrc = FUSED ? area : q + ((size_t)q_token * num_heads + h0) * D;
-    unsigned qa[D / 16][2];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const bool row = qr < gcount;
-        qa[kk][0] = row ? *reinterpret_cast<const unsigned *>(qsrc + qr * D + kk * 16 + qc) : 0u;
-        qa[kk][1] = row ? *reinterpret_cast<const unsigned *>(qsrc + qr * D + kk * 16 + 8 + qc) : 0u;
+    for (int i = threadIdx.x; i < MMA_ATT_G * CH; i += blockDim.x) {
+        const int r = i / CH, ch = i % CH;
+        *reinterpret_cast<uint4 *>(s_q + r * LD + ch * 8) =
+            r < gcount ? *reinterpret_cast<const uint4 *>(qsrc + r * D + ch * 8) : make_uint4(0, 0, 0, 0);
     }
-    if constexpr (FUSED) __syncthreads();  // the q heads are read before the rings overwrite them
+    __syncthreads();  // s_q is whole (and the fused q heads are read before the rings overwrite them)
 
     // this warp's tiles: w, w + DECODE_WARPS, ... of the partition's ceil(keys / 16)
     const int ntiles = (k_end - k_begin + MMA_ATT_KT - 1) / MMA_ATT_KT;
@@ -106,22 +110,30 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
 
-    float o[D / 8][4], m = NEG_INF, l = 0.0f;  // row qr's running max, this lane's share of its sum
+    float o[D / 8][2], m = NEG_INF, l = 0.0f;  // row qr's running max, this lane's share of its sum
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.0f;
     for (int i = 0; i < mine; ++i) {
         cp_async_wait<S - 2>();
         __syncwarp();  // every lane's copies of tile i have landed; tile i - 1's stage is free
         issue(i + S - 1);
         const bf16 *sk = ring + (i % S) * 2 * TILE, *sv = sk + TILE;
         // S: two 8-key halves; ldmatrix matrix j = lane / 8 holds keys (j / 2) * 8 .., columns (j % 2) * 8 ..
-        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        float sc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            unsigned b[4];
-            ldsm_x4<false>(b, sk + ((lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-            mma_att(sc[0], qa[kk][0], qa[kk][1], b[0], b[1]);
-            mma_att(sc[1], qa[kk][0], qa[kk][1], b[2], b[3]);
+        for (int kk2 = 0; kk2 < D / 32; ++kk2) {
+            // Q as A fragments of two 16-column steps: matrix j = lane / 8 holds rows 0..7, columns
+            // kk2 * 32 + j * 8 ..: a0, a2 of step 2 kk2, then of step 2 kk2 + 1
+            unsigned qa[4];
+            ldsm_x4<false>(qa, s_q + (lane & 7) * LD + kk2 * 32 + (lane >> 3) * 8);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int kk = 2 * kk2 + h;
+                unsigned b[4];
+                ldsm_x4<false>(b, sk + ((lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma_att(sc[0], qa[2 * h], qa[2 * h + 1], b[0], b[1]);
+                mma_att(sc[1], qa[2 * h], qa[2 * h + 1], b[2], b[3]);
+            }
         }
         // online softmax of row qr: this lane has keys qc, qc + 1 of each half; its quad has all 16
         const int kb = k_begin + (warp + i * DECODE_WARPS) * MMA_ATT_KT;
@@ -202,7 +214,10 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                             max_blocks, max_partitions, scale, f);                                       \
     }
 
-// two stages a warp (3 CTAs an SM at D = 128), or three (2 CTAs an SM, two tiles in flight a warp)
+// two stages a warp, or three (two tiles in flight a warp). At D = 128: 108 registers (168 with a
+// spill before the q heads moved to shared memory and rows 8..15 of the accumulators stopped taking
+// registers); 3 CTAs an SM at two stages, bound by shared memory (72 KB a CTA, ncu, H100), 2 at three.
+// Same speed as before on H100 (bench.py 0.6B 19,702 vs 19,712 / 19,541 output tok/s).
 DECODE_MMA_KERNELS(64, 2, )
 DECODE_MMA_KERNELS(128, 2, )
 DECODE_MMA_KERNELS(64, 3, _s3)

@@ -15,6 +15,20 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], unsigned a0, unsig
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// c += A B for the top half of an m16n8k16 tile whose A rows 8..15 are zero (a1 = a3 = 0): lane l
+// holds c[0..1] at (row l / 4, columns 2 (l % 4) ..). Rows 8..15 of the result (zero) go to scratch
+// outputs that die at once, so they hold no registers across a loop (as c[2..3] of a full
+// accumulator would).
+__device__ __forceinline__ void mma_bf16_16816_top(float (&c)[2], unsigned a0, unsigned a2, unsigned b0,
+                                                   unsigned b1) {
+    float d2, d3;
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %10, %10};"
+        : "+f"(c[0]), "+f"(c[1]), "=f"(d2), "=f"(d3)
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
 // Four 8x8 bf16 tiles from shared memory: lane l gives the address of row l % 8 of tile l / 8.
 template <bool TRANS>
 __device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const bf16 *p) {

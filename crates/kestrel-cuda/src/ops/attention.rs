@@ -212,9 +212,11 @@ fn decode_smem_bytes(g: usize, head_dim: usize, max_blocks_per_seq: usize) -> us
 }
 
 /// Bytes of dynamic shared memory of `attention_decode_mma*_d{head_dim}`: each warp's ring of
-/// `stages` K and V tiles (rows padded by 8 bf16), then the partition's block-table entries.
+/// `stages` K and V tiles (rows padded by 8 bf16), the group's q heads (padded alike), then the
+/// partition's block-table entries.
 fn decode_mma_smem_bytes(head_dim: usize, stages: usize, max_blocks_per_seq: usize) -> usize {
-    DECODE_WARPS * stages * 2 * MMA_ATT_KT * (head_dim + 8) * 2 + (max_blocks_per_seq + 1) * 4
+    (DECODE_WARPS * stages * 2 * MMA_ATT_KT + MMA_ATT_G) * (head_dim + 8) * 2
+        + (max_blocks_per_seq + 1) * 4
 }
 
 /// The tensor-core decode kernel's name (kernels/attention_decode_mma.cu's instances).
