@@ -10,9 +10,10 @@
 //! (23.4 -> 22.9 us at 64 tokens) and 5% at 4B: cuBLAS's pick stays. Without a graph the same loop
 //! measured ~11 us a matmul: the host's launch rate, not the GPU.
 
-use kestrel_cuda::cudarc::driver::sys::{
-    CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode,
-};
+mod common;
+
+use common::bench_pattern;
+use kestrel_cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use kestrel_cuda::cudarc::driver::CudaSlice;
 use kestrel_cuda::ops::gemm::{cublas_handle, gemm_bf16, gemm_bf16_accumulate};
 use kestrel_cuda::ops::gemm_lt::{LtHandle, LtMatmul};
@@ -38,19 +39,6 @@ const SHAPES: &[(&str, &str, usize, usize, bool)] = &[
 
 const TOKENS: &[usize] = &[16, 32, 64, 128, 256];
 
-/// Non-trivial bf16 values (small, so sums stay finite) without a slow host RNG.
-fn pattern(n: usize, seed: u32) -> Vec<Bf16> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            Bf16::from_f32(((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.05)
-        })
-        .collect()
-}
-
 /// Mean seconds per call of `run(i)` over `ITERS` calls captured in one CUDA graph (as the engine
 /// runs a decode step: no host time between kernels), after an eager warm-up.
 fn time(dev: &CudaDevice, warm: usize, mut run: impl FnMut(usize)) -> f64 {
@@ -68,17 +56,7 @@ fn time(dev: &CudaDevice, warm: usize, mut run: impl FnMut(usize)) -> f64 {
         .unwrap()
         .expect("a captured graph");
     graph.launch().unwrap();
-    let ctx = dev.context();
-    let start = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .unwrap();
-    let end = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .unwrap();
-    start.record(s).unwrap();
-    graph.launch().unwrap();
-    end.record(s).unwrap();
-    start.elapsed_ms(&end).unwrap() as f64 * 1e-3 / ITERS as f64
+    common::gpu_seconds(dev, || graph.launch().unwrap()) / ITERS as f64
 }
 
 fn to_f32(dev: &CudaDevice, y: &CudaSlice<Bf16>) -> Vec<f32> {
@@ -93,13 +71,8 @@ fn to_f32(dev: &CudaDevice, y: &CudaSlice<Bf16>) -> Vec<f32> {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn cublaslt_algorithms_on_batched_decode_shapes() {
-    let dev = match CudaDevice::open(0) {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            eprintln!("skipping: no GPU");
-            return;
-        }
-        Err(e) => panic!("the GPU failed to open: {e}"),
+    let Some(dev) = common::open_or_skip(CudaDevice::open(0)) else {
+        return;
     };
     let blas = cublas_handle(&dev).unwrap();
     let lt = LtHandle::new().unwrap();
@@ -114,16 +87,16 @@ fn cublaslt_algorithms_on_batched_decode_shapes() {
     for &(model, name, n, k, accumulate) in SHAPES {
         let bytes_w = n * k * 2;
         let copies = ROTATE_BYTES.div_ceil(bytes_w).clamp(2, 64);
-        let host_w = pattern(n * k, n as u32 ^ k as u32);
+        let host_w = bench_pattern(n * k, n as u32 ^ k as u32);
         let ws: Vec<CudaSlice<Bf16>> = (0..copies)
             .map(|_| dev.stream().clone_htod(&host_w).unwrap())
             .collect();
         for &tokens in TOKENS {
             let x = dev
                 .stream()
-                .clone_htod(&pattern(tokens * k, 7 + tokens as u32))
+                .clone_htod(&bench_pattern(tokens * k, 7 + tokens as u32))
                 .unwrap();
-            let y0 = pattern(tokens * n, 11);
+            let y0 = bench_pattern(tokens * n, 11);
             let mut y = dev.stream().clone_htod(&y0).unwrap();
             let beta = if accumulate { 1.0 } else { 0.0 };
             let ex = |y: &mut CudaSlice<Bf16>, w: &CudaSlice<Bf16>| {

@@ -4,8 +4,10 @@
 //! bandwidth. Each launch reads a different copy of the weight (copies cycled over >= 512 MiB), so
 //! even the small 0.6B matrices are read from HBM, not from L2 (50-60 MB on H100/H200).
 
+mod common;
+
+use common::bench_pattern;
 use kestrel_cuda::bandwidth::measure_copy_bandwidth;
-use kestrel_cuda::cudarc::driver::sys::CUevent_flags;
 use kestrel_cuda::cudarc::driver::CudaSlice;
 use kestrel_cuda::ops::gemv::{gemv_bf16_with, Accumulate, GemvKernel};
 use kestrel_cuda::{Bf16, CudaDevice};
@@ -27,19 +29,6 @@ const SHAPES: &[(&str, &str, usize, usize, Accumulate)] = &[
     ("4B", "lm_head", 151_936, 2560, Accumulate::Overwrite),
 ];
 
-/// Non-trivial bf16 values (small, so sums stay finite) without a slow host RNG.
-fn pattern(n: usize, seed: u32) -> Vec<Bf16> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            Bf16::from_f32(((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.05)
-        })
-        .collect()
-}
-
 /// Mean seconds per launch of `kernel` over `ITERS` launches, cycling the weight copies.
 fn time(
     dev: &CudaDevice,
@@ -56,31 +45,18 @@ fn time(
     for i in 0..ws.len().max(10) {
         run(y, i);
     }
-    let ctx = dev.context();
-    let start = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .unwrap();
-    let end = ctx
-        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-        .unwrap();
-    start.record(dev.stream()).unwrap();
-    for i in 0..ITERS {
-        run(y, i);
-    }
-    end.record(dev.stream()).unwrap();
-    start.elapsed_ms(&end).unwrap() as f64 * 1e-3 / ITERS as f64
+    common::gpu_seconds(dev, || {
+        for i in 0..ITERS {
+            run(y, i);
+        }
+    }) / ITERS as f64
 }
 
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn gemv_bandwidth_on_qwen3_shapes() {
-    let dev = match CudaDevice::open(0) {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            eprintln!("skipping: no GPU");
-            return;
-        }
-        Err(e) => panic!("the GPU failed to open: {e}"),
+    let Some(dev) = common::open_or_skip(CudaDevice::open(0)) else {
+        return;
     };
     let copy = measure_copy_bandwidth(&dev).unwrap();
     println!(
@@ -99,7 +75,7 @@ fn gemv_bandwidth_on_qwen3_shapes() {
         let bytes_w = n * k * 2;
         let copies = ROTATE_BYTES.div_ceil(bytes_w).clamp(2, 64);
         let ws: Vec<CudaSlice<Bf16>> = {
-            let host = pattern(n * k, n as u32 ^ k as u32);
+            let host = bench_pattern(n * k, n as u32 ^ k as u32);
             (0..copies)
                 .map(|_| dev.stream().clone_htod(&host).unwrap())
                 .collect()
@@ -107,7 +83,7 @@ fn gemv_bandwidth_on_qwen3_shapes() {
         for &tokens in token_counts {
             let x = dev
                 .stream()
-                .clone_htod(&pattern(tokens * k, 7 + tokens as u32))
+                .clone_htod(&bench_pattern(tokens * k, 7 + tokens as u32))
                 .unwrap();
             let mut y = dev.stream().alloc_zeros::<Bf16>(tokens * n).unwrap();
             let bytes = (bytes_w + 2 * tokens * (k + n)) as f64;

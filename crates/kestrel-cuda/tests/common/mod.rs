@@ -7,6 +7,34 @@ pub mod model_run;
 use std::fmt::Display;
 use std::path::PathBuf;
 
+/// Non-trivial bf16 values for the benchmarks (small, so sums stay finite) without a slow host RNG.
+pub fn bench_pattern(n: usize, seed: u32) -> Vec<kestrel_cuda::Bf16> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            kestrel_cuda::Bf16::from_f32(((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.05)
+        })
+        .collect()
+}
+
+/// Seconds of GPU time from before to after what `work` queues on `dev`'s stream (CUDA events).
+pub fn gpu_seconds(dev: &kestrel_cuda::CudaDevice, work: impl FnOnce()) -> f64 {
+    use kestrel_cuda::cudarc::driver::sys::CUevent_flags;
+    let ctx = dev.context();
+    let event = || {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .expect("a CUDA event")
+    };
+    let (start, end) = (event(), event());
+    start.record(dev.stream()).expect("recording an event");
+    work();
+    end.record(dev.stream()).expect("recording an event");
+    start.elapsed_ms(&end).expect("event timing") as f64 * 1e-3
+}
+
 /// `x · w` in f64, and the sum of the products' magnitudes (what bounds an f32 sum's rounding error).
 pub fn dot_f64(x: &[f32], w: &[f32]) -> (f64, f64) {
     x.iter().zip(w).fold((0.0, 0.0), |(dot, abs), (&a, &b)| {
