@@ -9,7 +9,7 @@
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run), NCU_ARGS
 #      (more bench arguments for it, e.g. "--batch 128": batched decode steps as the engine runs them),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
-#      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), nosplitmixed = KESTREL_SPLIT_MIXED=0,
+#      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), attnh3 = h3 (K and V tiles apart in 3 slots), nosplitmixed = KESTREL_SPLIT_MIXED=0,
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      sync = KESTREL_ASYNC_DECODE=0 (no asynchronous scheduling: each decode step read back before the next),
@@ -66,6 +66,7 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       prefillscalar) env=(KESTREL_PREFILL_MMA=0); extra=() ;;
       poolkeep) env=(KESTREL_POOL_KEEP=1); extra=() ;;
       attnmma3) env=(KESTREL_ATTN_MMA=3); extra=() ;;
+      attnh3) env=(KESTREL_ATTN_MMA=h3); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
       ctas4096) env=(KESTREL_ATTN_TARGET_CTAS=4096); extra=() ;;
       eager) env=(); extra=(--eager) ;;
@@ -92,7 +93,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # nosplitmixed, unsorted, prefillscalar, sync, poolkeep, or a number (decode-attention target CTAs); default = none
+      # attnh3, nosplitmixed, unsorted, prefillscalar, sync, poolkeep, or a number (decode-attention target CTAs); default = none
       env=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
@@ -100,6 +101,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           default) ;;
           attnlanes) env+=(KESTREL_ATTN_MMA=0) ;;
           attnmma3) env+=(KESTREL_ATTN_MMA=3) ;;
+          attnh3) env+=(KESTREL_ATTN_MMA=h3) ;;
           nosplitmixed) env+=(KESTREL_SPLIT_MIXED=0) ;;
           unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;

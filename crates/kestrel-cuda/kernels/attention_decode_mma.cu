@@ -9,7 +9,7 @@
 // expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
 // 16-key tile costs each warp 48 mma, 20 ldmatrix (D = 128) and one softmax step for all its heads.
 // Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
-// (cp.async, S stages of a K and a V tile (S = 2, or 3 in the _s3 instances), rows padded by 8 bf16: ldmatrix's 8 rows fall on
+// (cp.async; see decode_mma for its layouts; rows padded by 8 bf16: ldmatrix's 8 rows fall on
 // distinct banks); warps meet only after their last tile.
 // Numerics: S in f32 (exact bf16 products, f32 sums), softmax with a running max and expf in f32,
 // P.V with P as two bf16 terms (P = hi + lo, hi = bf16(P): 16 significant bits, within ~2^-17 of
@@ -17,7 +17,7 @@
 // prefill kernel scores its row, and in a pure decode step), f32 accumulation; l sums the f32 P. The
 // output is rounded to bf16 once.
 // Launch: as attention_decode_g8 (grid (num_kv_heads * ceil(group / 8), num_seqs, max_partitions),
-// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, S) + mma_att_q_bytes(D) + (max_blocks
+// block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, H) + mma_att_q_bytes(D) + (max_blocks
 // + 1) u32 (src/ops/attention.rs); head_dim = D.
 #include "attention_decode.cuh"
 #include "mma_bf16.cuh"
@@ -30,17 +30,22 @@ __device__ __forceinline__ void mma_att(float (&c)[2], unsigned a0, unsigned a2,
     mma_bf16_16816_top(c, a0, a2, b0, b1);
 }
 
-// Bytes of the warps' K/V rings at the start of the per-CTA area (also the fused q heads before the
-// loop and the merge partials after it).
-__host__ __device__ constexpr int mma_att_smem(int d, int stages) {
-    return DECODE_WARPS * stages * 2 * MMA_ATT_KT * (d + 8) * 2;
+// Bytes of the warps' K/V rings at the start of the per-CTA area, `halves` 16-key K or V tiles a warp
+// (also the fused q heads before the loop and the merge partials after it).
+__host__ __device__ constexpr int mma_att_smem(int d, int halves) {
+    return DECODE_WARPS * halves * MMA_ATT_KT * (d + 8) * 2;
 }
 // Bytes of the q heads after the rings (MMA_ATT_G rows padded like the tiles), read by ldmatrix at
 // every tile rather than held in registers (2 * D / 16 of them, across the whole loop). The
 // block-table entries follow.
 __host__ __device__ constexpr int mma_att_q_bytes(int d) { return MMA_ATT_G * (d + 8) * 2; }
 
-template <int D, int S, bool FUSED>
+// The ring: H slots of one 16-key K or V tile each, a warp's tile t's K in slot 2t % H, its V in
+// (2t + 1) % H. SPLIT = false: K and V of a tile are copied and waited for together (H = 2 x stages:
+// while a warp reads tile t, tiles t + 1 .. t + H / 2 - 1 are in flight). SPLIT = true: each is its
+// own copy group (H = 3: while a warp reads K or V of tile t, the next two are in flight, the same
+// bytes as two stages in 3/4 of the shared memory: 4 CTAs an SM at D = 128 instead of 3).
+template <int D, int H, bool SPLIT, bool FUSED>
 __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, float *__restrict__ ws_acc,
                            unsigned *__restrict__ done, const bf16 *__restrict__ q,
                            const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
@@ -50,11 +55,12 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                            int block_size, int max_blocks, int max_partitions, float scale,
                            const FusedQk &f) {
     constexpr int G = MMA_ATT_G, LD = D + 8, CH = D / 8, TILE = MMA_ATT_KT * LD;
-    static_assert(D % 16 == 0 && 4 * DECODE_WARPS * G * (D + 2) <= mma_att_smem(D, S), "merge area");
+    static_assert(D % 16 == 0 && 4 * DECODE_WARPS * G * (D + 2) <= mma_att_smem(D, H), "merge area");
+    static_assert(SPLIT ? H >= 3 : H >= 4 && H % 2 == 0, "ring");
     extern __shared__ uint4 mma_att_area[];
     bf16 *area = reinterpret_cast<bf16 *>(mma_att_area);
-    bf16 *s_q = area + mma_att_smem(D, S) / 2;
-    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + (mma_att_smem(D, S) + mma_att_q_bytes(D)) / 4;
+    bf16 *s_q = area + mma_att_smem(D, H) / 2;
+    unsigned *s_bt = reinterpret_cast<unsigned *>(area) + (mma_att_smem(D, H) + mma_att_q_bytes(D)) / 4;
     pdl_enter();
     DecodeCta c;
     if (!decode_cta(c, G, cu_seqlens_q, context_lens, num_heads, num_kv_heads, max_partitions)) return;
@@ -85,39 +91,53 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
     // this warp's tiles: w, w + DECODE_WARPS, ... of the partition's ceil(keys / 16)
     const int ntiles = (k_end - k_begin + MMA_ATT_KT - 1) / MMA_ATT_KT;
     const int mine = ntiles > warp ? (ntiles - warp + DECODE_WARPS - 1) / DECODE_WARPS : 0;
-    bf16 *ring = area + warp * S * 2 * TILE;
-    // Copies tile i of this warp into its stage: lane r < 16 finds key r's slot, every lane then
-    // moves 16-byte chunks of K and V rows (zeros past the partition). One commit group per tile,
-    // empty past the last, so the wait count stays fixed.
-    auto issue = [&](int i) {
-        if (i < mine) {
-            const int kb = k_begin + (warp + i * DECODE_WARPS) * MMA_ATT_KT;
-            const int pos = kb + (lane & 15);
-            unsigned slot = 0xffffffffu;
-            if (pos < k_end) slot = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
-            bf16 *sk = ring + (i % S) * 2 * TILE, *sv = sk + TILE;
+    bf16 *ring = area + warp * H * TILE;
+    // Copies half tile j of this warp (tile j / 2's K rows if j is even, its V rows if odd) into slot
+    // j % H: lane r < 16 finds key r's slot, every lane then moves 16-byte chunks of the rows (zeros
+    // past the partition); nothing past the warp's last tile.
+    auto stage = [&](int j) {
+        const int t = j >> 1;
+        if (t >= mine) return;
+        const int kb = k_begin + (warp + t * DECODE_WARPS) * MMA_ATT_KT;
+        const int pos = kb + (lane & 15);
+        unsigned slot = 0xffffffffu;
+        if (pos < k_end) slot = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
+        bf16 *dst = ring + (j % H) * TILE;
+        const bf16 *src = (j & 1) ? v_cache : k_cache;
 #pragma unroll
-            for (int k = lane; k < MMA_ATT_KT * CH; k += 32) {
-                const int r = k / CH, ch = k % CH;
-                const unsigned sl = __shfl_sync(0xffffffffu, slot, r);
-                const size_t off = sl == 0xffffffffu ? 0 : (size_t)sl * kv_stride + (size_t)kvh * D + ch * 8;
-                cp_async16(sk + r * LD + ch * 8, k_cache + off, sl != 0xffffffffu);
-                cp_async16(sv + r * LD + ch * 8, v_cache + off, sl != 0xffffffffu);
-            }
+        for (int k = lane; k < MMA_ATT_KT * CH; k += 32) {
+            const int r = k / CH, ch = k % CH;
+            const unsigned sl = __shfl_sync(0xffffffffu, slot, r);
+            const size_t off = sl == 0xffffffffu ? 0 : (size_t)sl * kv_stride + (size_t)kvh * D + ch * 8;
+            cp_async16(dst + r * LD + ch * 8, src + off, sl != 0xffffffffu);
+        }
+    };
+    // One commit group per copy (a tile, or a half with SPLIT), empty past the last, so the wait
+    // count stays fixed: IN_FLIGHT groups may still be pending when the one read next has landed.
+    constexpr int IN_FLIGHT = SPLIT ? H - 2 : H / 2 - 2;
+    auto issue = [&](int g) {  // group g: half tile g (SPLIT) or tile g
+        if constexpr (SPLIT) {
+            stage(g);
+        } else {
+            stage(2 * g);
+            stage(2 * g + 1);
         }
         cp_async_commit();
     };
+    auto next = [&](int g) {  // wait for group g's copies, then refill the slots read before them
+        cp_async_wait<IN_FLIGHT>();
+        __syncwarp();  // every lane's copies of group g have landed; the group before's slots are free
+        issue(g + IN_FLIGHT + 1);
+    };
 #pragma unroll
-    for (int i = 0; i < S - 1; ++i) issue(i);
+    for (int g = 0; g <= IN_FLIGHT; ++g) issue(g);
 
     float o[D / 8][2], m = NEG_INF, l = 0.0f;  // row qr's running max, this lane's share of its sum
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = 0.0f;
     for (int i = 0; i < mine; ++i) {
-        cp_async_wait<S - 2>();
-        __syncwarp();  // every lane's copies of tile i have landed; tile i - 1's stage is free
-        issue(i + S - 1);
-        const bf16 *sk = ring + (i % S) * 2 * TILE, *sv = sk + TILE;
+        next(SPLIT ? 2 * i : i);
+        const bf16 *sk = ring + (2 * i % H) * TILE;
         // S: two 8-key halves; ldmatrix matrix j = lane / 8 holds keys (j / 2) * 8 .., columns (j % 2) * 8 ..
         float sc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
 #pragma unroll
@@ -163,6 +183,8 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                 l += pr[h][e];
             }
         const uint2 pa0 = bf16x2_split(pr[0][0], pr[0][1]), pa2 = bf16x2_split(pr[1][0], pr[1][1]);
+        if constexpr (SPLIT) next(2 * i + 1);
+        const bf16 *sv = ring + ((2 * i + 1) % H) * TILE;
         // O += P V: matrix j holds keys (j % 2) * 8 .., columns (j / 2) * 8 .. of a 16-column slab
 #pragma unroll
         for (int dn = 0; dn < D / 16; ++dn) {
@@ -198,27 +220,30 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                         num_heads, D, max_partitions);
 }
 
-#define DECODE_MMA_KERNELS(D, S, SUFFIX)                                                                            \
+#define DECODE_MMA_KERNELS(D, H, SPLIT, SUFFIX)                                                              \
     extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS)                                     \
         attention_decode_mma##SUFFIX##_d##D(DECODE_PARAMS) {                                             \
         const FusedQk none{};                                                                            \
-        decode_mma<D, S, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q, context_lens, \
-                             block_tables, num_heads, num_kv_heads, block_size, max_blocks,             \
-                             max_partitions, scale, none);                                               \
+        decode_mma<D, H, SPLIT, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,       \
+                                       context_lens, block_tables, num_heads, num_kv_heads, block_size,  \
+                                       max_blocks, max_partitions, scale, none);                         \
     }                                                                                                    \
     extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS)                                     \
         attention_decode_mma_qk##SUFFIX##_d##D(DECODE_QK_PARAMS) {                                       \
         DECODE_QK_INPUTS;                                                                                \
-        decode_mma<D, S, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,          \
-                            context_lens, block_tables, num_heads, num_kv_heads, block_size,            \
-                            max_blocks, max_partitions, scale, f);                                       \
+        decode_mma<D, H, SPLIT, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,  \
+                                      context_lens, block_tables, num_heads, num_kv_heads, block_size,   \
+                                      max_blocks, max_partitions, scale, f);                             \
     }
 
-// two stages a warp, or three (two tiles in flight a warp). At D = 128: 108 registers (168 with a
-// spill before the q heads moved to shared memory and rows 8..15 of the accumulators stopped taking
-// registers); 3 CTAs an SM at two stages, bound by shared memory (72 KB a CTA, ncu, H100), 2 at three.
-// Same speed as before on H100 (bench.py 0.6B 19,702 vs 19,712 / 19,541 output tok/s).
-DECODE_MMA_KERNELS(64, 2, )
-DECODE_MMA_KERNELS(128, 2, )
-DECODE_MMA_KERNELS(64, 3, _s3)
-DECODE_MMA_KERNELS(128, 3, _s3)
+// two stages a warp (4 half tiles), or three (6: two tiles in flight a warp), or K and V apart in 3
+// slots (_h3). At D = 128: 108 registers (168 with a spill before the q heads moved to shared memory
+// and rows 8..15 of the accumulators stopped taking registers); two stages: 3 CTAs an SM, bound by
+// shared memory (72 KB a CTA, ncu, H100) — same speed as before on H100 (bench.py 0.6B 19,702 vs
+// 19,712 / 19,541 output tok/s); _h3: 55 KB, 4 CTAs an SM.
+DECODE_MMA_KERNELS(64, 4, false, )
+DECODE_MMA_KERNELS(128, 4, false, )
+DECODE_MMA_KERNELS(64, 6, false, _s3)
+DECODE_MMA_KERNELS(128, 6, false, _s3)
+DECODE_MMA_KERNELS(64, 3, true, _h3)
+DECODE_MMA_KERNELS(128, 3, true, _h3)

@@ -21,7 +21,7 @@ use kestrel_cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use kestrel_cuda::dtype::{to_bf16, to_f32};
 use kestrel_cuda::ops::attention::{
     attention_counters_len, attention_workspace_len, paged_attention, paged_decode_attention_qk,
-    AttnBatch, AttnShape, DecodeKernel, PrefillKernel,
+    AttnBatch, AttnShape, DecodeKernel, PrefillKernel, MMA_HEAD_DIMS,
 };
 use kestrel_cuda::ops::qk_norm_rope_kv::{qk_norm_rope_kv, HeadShape, QkNormRopeInputs};
 use kestrel_cuda::{Bf16, CudaDevice, CudaError};
@@ -306,6 +306,7 @@ fn check(
             DecodeKernel::Lanes,
             DecodeKernel::Mma { stages: 2 },
             DecodeKernel::Mma { stages: 3 },
+            DecodeKernel::MmaSplit,
         ]
     } else {
         vec![DecodeKernel::Lanes]
@@ -330,6 +331,25 @@ fn check(
                 assert_close(&what, &got, &reference, heads.2);
             }
         }
+    }
+    if decodes && MMA_HEAD_DIMS.contains(&heads.2) {
+        // the rings differ only in when tiles are copied: the same bits
+        let run = |k| {
+            b.run(dev, max_partitions, true, k, PrefillKernel::Scalar)
+                .unwrap()
+        };
+        let (two, apart) = (
+            run(DecodeKernel::Mma { stages: 2 }),
+            run(DecodeKernel::MmaSplit),
+        );
+        let same = two
+            .iter()
+            .zip(&apart)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{what} heads {heads:?}: K/V apart differs from two stages"
+        );
     }
 }
 
@@ -692,6 +712,7 @@ fn fused_qk_decode_matches_the_two_launches() {
                 DecodeKernel::Lanes,
                 DecodeKernel::Mma { stages: 2 },
                 DecodeKernel::Mma { stages: 3 },
+                DecodeKernel::MmaSplit,
             ] {
                 let what = format!("heads {heads:?}, {partitions} partitions, {kernel:?}");
                 check_fused_qk(

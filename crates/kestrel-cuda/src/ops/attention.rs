@@ -80,6 +80,34 @@ pub enum DecodeKernel {
     /// 16-key tiles, each warp's K/V ring `stages` (2 or 3) tiles deep. For head dims in
     /// [`MMA_HEAD_DIMS`] (others take the lane kernel).
     Mma { stages: usize },
+    /// The same kernel with each warp's K and V tiles copied and waited for apart, in a ring of 3
+    /// (the `_h3` instances, `KESTREL_ATTN_MMA=h3`): as many bytes in flight as two stages in 3/4 of
+    /// the shared memory (4 CTAs an SM at head_dim 128, not 3); bit-identical results. bench.py
+    /// (H100, 0.6B, session 10): 19,390 output tok/s vs 19,480 with two stages, so not the default;
+    /// where a decode grid is just over one wave of 3 CTAs an SM (64 sequences x 8 kv heads = 512
+    /// CTAs on 396 slots) it should gain: not measured yet.
+    MmaSplit,
+}
+
+/// A tensor-core decode kernel's ring per warp: `halves` slots of 16-key K or V tiles, K and V of
+/// a tile copied together or (`split`) apart; kernels/attention_decode_mma.cu's H and SPLIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MmaRing {
+    halves: usize,
+    split: bool,
+}
+
+impl MmaRing {
+    const fn stages(stages: usize) -> Self {
+        MmaRing {
+            halves: 2 * stages,
+            split: false,
+        }
+    }
+    const SPLIT3: MmaRing = MmaRing {
+        halves: 3,
+        split: true,
+    };
 }
 
 /// Head dimensions with a tensor-core decode instance (`attention_decode_mma_d{D}`) and prefill
@@ -118,21 +146,23 @@ impl PrefillKernel {
 }
 
 impl DecodeKernel {
-    /// The tensor-core kernel's ring stages when this choice runs it for `head_dim`.
-    fn mma_stages(self, head_dim: usize) -> Option<usize> {
-        static ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        let stages = match self {
+    /// The tensor-core kernel's ring when this choice runs it for `head_dim`.
+    fn mma_ring(self, head_dim: usize) -> Option<MmaRing> {
+        static ENV: std::sync::OnceLock<Option<MmaRing>> = std::sync::OnceLock::new();
+        let ring = match self {
             DecodeKernel::Lanes => None,
-            DecodeKernel::Mma { stages } => Some(stages),
+            DecodeKernel::Mma { stages } => Some(MmaRing::stages(if stages == 3 { 3 } else { 2 })),
+            DecodeKernel::MmaSplit => Some(MmaRing::SPLIT3),
             DecodeKernel::Auto => {
                 *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
                     Ok("0") => None,
-                    Ok("3") => Some(3),
-                    _ => Some(2),
+                    Ok("3") => Some(MmaRing::stages(3)),
+                    Ok("h3") => Some(MmaRing::SPLIT3),
+                    _ => Some(MmaRing::stages(2)),
                 })
             }
         };
-        stages.filter(|_| MMA_HEAD_DIMS.contains(&head_dim))
+        ring.filter(|_| MMA_HEAD_DIMS.contains(&head_dim))
     }
 }
 
@@ -212,24 +242,30 @@ fn decode_smem_bytes(g: usize, head_dim: usize, max_blocks_per_seq: usize) -> us
 }
 
 /// Bytes of dynamic shared memory of `attention_decode_mma*_d{head_dim}`: each warp's ring of
-/// `stages` K and V tiles (rows padded by 8 bf16), the group's q heads (padded alike), then the
+/// 16-key K or V tiles (rows padded by 8 bf16), the group's q heads (padded alike), then the
 /// partition's block-table entries.
-fn decode_mma_smem_bytes(head_dim: usize, stages: usize, max_blocks_per_seq: usize) -> usize {
-    (DECODE_WARPS * stages * 2 * MMA_ATT_KT + MMA_ATT_G) * (head_dim + 8) * 2
+fn decode_mma_smem_bytes(head_dim: usize, ring: MmaRing, max_blocks_per_seq: usize) -> usize {
+    (DECODE_WARPS * ring.halves * MMA_ATT_KT + MMA_ATT_G) * (head_dim + 8) * 2
         + (max_blocks_per_seq + 1) * 4
 }
 
-/// The tensor-core decode kernel's name (kernels/attention_decode_mma.cu's instances).
-fn decode_mma_name(fused: bool, head_dim: usize, stages: usize) -> &'static str {
-    match (fused, stages, head_dim) {
-        (false, 3, 64) => "attention_decode_mma_s3_d64",
-        (false, 3, _) => "attention_decode_mma_s3_d128",
-        (false, _, 64) => "attention_decode_mma_d64",
-        (false, _, _) => "attention_decode_mma_d128",
-        (true, 3, 64) => "attention_decode_mma_qk_s3_d64",
-        (true, 3, _) => "attention_decode_mma_qk_s3_d128",
-        (true, _, 64) => "attention_decode_mma_qk_d64",
-        (true, _, _) => "attention_decode_mma_qk_d128",
+/// The tensor-core decode kernel's name (kernels/attention_decode_mma.cu's instances: no suffix
+/// for two stages, `_s3` for three, `_h3` for K and V apart in 3 slots).
+fn decode_mma_name(fused: bool, head_dim: usize, ring: MmaRing) -> &'static str {
+    let (h3, s3) = (ring == MmaRing::SPLIT3, ring == MmaRing::stages(3));
+    match (fused, h3, s3, head_dim) {
+        (false, true, _, 64) => "attention_decode_mma_h3_d64",
+        (false, true, _, _) => "attention_decode_mma_h3_d128",
+        (false, _, true, 64) => "attention_decode_mma_s3_d64",
+        (false, _, true, _) => "attention_decode_mma_s3_d128",
+        (false, _, _, 64) => "attention_decode_mma_d64",
+        (false, _, _, _) => "attention_decode_mma_d128",
+        (true, true, _, 64) => "attention_decode_mma_qk_h3_d64",
+        (true, true, _, _) => "attention_decode_mma_qk_h3_d128",
+        (true, _, true, 64) => "attention_decode_mma_qk_s3_d64",
+        (true, _, true, _) => "attention_decode_mma_qk_s3_d128",
+        (true, _, _, 64) => "attention_decode_mma_qk_d64",
+        (true, _, _, _) => "attention_decode_mma_qk_d128",
     }
 }
 
@@ -602,16 +638,16 @@ fn run<U: DevicePtr<u32>>(
 
     let group = num_heads / num_kv_heads;
     let fused = matches!(queries, Queries::Fused(_));
-    let mma = batch.decode_kernel.mma_stages(head_dim);
+    let mma = batch.decode_kernel.mma_ring(head_dim);
     let g = if mma.is_some() {
         MMA_ATT_G
     } else {
         decode_heads_per_cta(group)
     };
     let (kernel, name) = match (fused, g, mma) {
-        (_, _, Some(stages)) => (
+        (_, _, Some(ring)) => (
             &ATTENTION_DECODE_MMA,
-            decode_mma_name(fused, head_dim, stages),
+            decode_mma_name(fused, head_dim, ring),
         ),
         (false, 1, _) => (&ATTENTION_DECODE, "attention_decode_g1"),
         (false, 2, _) => (&ATTENTION_DECODE, "attention_decode_g2"),
@@ -626,8 +662,8 @@ fn run<U: DevicePtr<u32>>(
     let acc = ml + (num_seqs * num_heads * max_partitions * 2 * std::mem::size_of::<f32>()) as u64;
     let done = bufs.counters.0;
     let (mp, maxp) = (i32_of("max_partitions", max_partitions)?, max_partitions);
-    let decode_smem = if let Some(stages) = mma {
-        decode_mma_smem_bytes(head_dim, stages, max_blocks_per_seq)
+    let decode_smem = if let Some(ring) = mma {
+        decode_mma_smem_bytes(head_dim, ring, max_blocks_per_seq)
     } else {
         decode_smem_bytes(g, head_dim, max_blocks_per_seq)
     };
@@ -762,14 +798,26 @@ mod tests {
             assert!(mma.contains(&format!("#define {name} {v}\n")), "{name}");
         }
         for d in MMA_HEAD_DIMS {
-            for (stages, suffix) in [(2, ""), (3, "_s3")] {
-                assert!(mma.contains(&format!("DECODE_MMA_KERNELS({d}, {stages}, {suffix})\n")));
+            let rings = [
+                (MmaRing::stages(2), ""),
+                (MmaRing::stages(3), "_s3"),
+                (MmaRing::SPLIT3, "_h3"),
+            ];
+            for (ring, suffix) in rings {
+                let (h, split) = (ring.halves, ring.split);
+                let instance = format!("DECODE_MMA_KERNELS({d}, {h}, {split}, {suffix})\n");
+                assert!(mma.contains(&instance), "{instance}");
                 for fused in [false, true] {
                     let qk = if fused { "_qk" } else { "" };
                     let want = format!("attention_decode_mma{qk}{suffix}_d{d}");
-                    assert_eq!(decode_mma_name(fused, d, stages), want);
+                    assert_eq!(decode_mma_name(fused, d, ring), want);
                 }
-                assert!(decode_mma_smem_bytes(d, stages, 256) <= MAX_SMEM);
+                assert!(decode_mma_smem_bytes(d, ring, 256) <= MAX_SMEM);
+            }
+            // the split ring's point: 4 CTAs of 128 threads in an SM's 228 KB (1 KB each reserved)
+            // with block tables of up to 256 entries
+            if d == 128 {
+                assert!(4 * (decode_mma_smem_bytes(d, MmaRing::SPLIT3, 256) + 1024) <= 228 * 1024);
             }
         }
     }
