@@ -13,7 +13,7 @@ use common::testdata;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use kestrel::engine::engine::{Engine, EngineConfig};
-use kestrel::engine::generate::generate;
+use kestrel::engine::generate::{generate, FinishReason};
 use kestrel::engine::loaded::LoadedModel;
 use kestrel::engine::request::{Output, Prompt};
 use kestrel::engine::sampling::SamplingParams;
@@ -279,6 +279,50 @@ fn preempted_sequences_continue_identically() {
             "{dir}: the workload must preempt: {st:?}"
         );
         assert_eq!(e.num_free_blocks(), e.num_blocks(), "{dir}");
+    }
+}
+
+#[test]
+fn many_long_sequences_that_do_not_fit_all_complete() {
+    let Some(gpu) = gpu() else { return };
+    // Issue #5's case: 256 sequences of 60..119 tokens, all admitted at once, in a cache of 160
+    // tokens: preemption by recompute keeps every one progressing to its last token, with
+    // asynchronous scheduling (the default) and without; a few checked against running alone.
+    let reqs: Reqs = (0..256u64)
+        .map(|i| {
+            let p = prompt(300 + i, 30 + (i as usize * 37) % 30);
+            (p, greedy(30 + (i as usize * 53) % 30, true))
+        })
+        .collect();
+    let cfg = config(8, 20, 256, 256);
+    for dir in MODELS {
+        for pipelined in [true, false] {
+            let (mut e, _) = engine(&gpu, dir, cfg);
+            e.backend().set_async_decode(pipelined);
+            let outs = run_all(&mut e, &reqs);
+            let tag = format!("{dir} pipelined {pipelined}");
+            for (i, ((_, s), o)) in reqs.iter().zip(&outs).enumerate() {
+                assert_eq!(o.completion_tokens, s.max_tokens, "{tag} request {i}");
+                assert_eq!(
+                    o.finish_reason,
+                    Some(FinishReason::Length),
+                    "{tag} request {i}"
+                );
+            }
+            for i in [0, 7, 128, 255] {
+                let (p, s) = &reqs[i];
+                let want = alone(&gpu, dir, cfg, p, s);
+                assert_eq!(outs[i].token_ids, want.token_ids, "{tag} request {i}");
+            }
+            let st = e.stats();
+            eprintln!("{tag}: {st:?}");
+            assert!(
+                st.preemptions > 0,
+                "{tag}: the workload must preempt: {st:?}"
+            );
+            assert_eq!(st.pipelined_steps > 0, pipelined, "{tag}: {st:?}");
+            assert_eq!(e.num_free_blocks(), e.num_blocks(), "{tag}");
+        }
     }
 }
 

@@ -156,21 +156,23 @@ fn preempted_sequences_continue_identically() {
 fn many_long_sequences_that_do_not_fit_all_complete() {
     let r = Reference::new();
     let mut rng = common::Rng(77);
-    // 24 sequences of up to 120 tokens; the cache holds 160 tokens.
-    let reqs: Vec<(Vec<u32>, SamplingParams)> = (0..24)
+    // Issue #5's case at its size: 256 sequences of up to 120 tokens, all admitted at once (256 may
+    // run together), in a cache of 160 tokens: preemption by recompute must keep every one
+    // progressing to its last token.
+    let reqs: Vec<(Vec<u32>, SamplingParams)> = (0..256)
         .map(|i| {
             let p = prompt(300 + i, rng.range(30, 60));
             (p, greedy(rng.range(30, 60), true))
         })
         .collect();
-    for (tag, mut e) in engines(config(8, 20, 24, 64)) {
+    for (tag, mut e) in engines(config(8, 20, 256, 256)) {
         let outs = run_all(&mut e, &reqs);
         for ((_, s), o) in reqs.iter().zip(&outs) {
             assert_eq!(o.completion_tokens, s.max_tokens, "{tag}");
             assert_eq!(o.finish_reason, Some(FinishReason::Length), "{tag}");
         }
         // Spot-check against the reference (all of them would only repeat the same check).
-        for i in [0, 7, 23] {
+        for i in [0, 7, 23, 128, 255] {
             let (p, s) = &reqs[i];
             assert_same(&outs[i], &r.run(p, s), p.len(), &format!("{tag} long {i}"));
         }
