@@ -14,7 +14,7 @@
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      sync = KESTREL_ASYNC_DECODE=0 (no asynchronous scheduling: each decode step read back before the next),
 #      poolkeep = KESTREL_POOL_KEEP=1 (freed device memory kept in the allocator's pool between steps),
-#      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048);
+#      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048); budgetN = bench.py's --max-num-batched-tokens N;
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
 #      batch-64 runs) into throughput.txt,
 #      QUANT_QUALITY=1 (the quantized-model quality test at BENCH_SHAPES, types KESTREL_QUANT_TYPES; the
@@ -93,8 +93,9 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # attnh3, nosplitmixed, unsorted, prefillscalar, sync, poolkeep, or a number (decode-attention target CTAs); default = none
-      env=()
+      # attnh3, nosplitmixed, unsorted, prefillscalar, sync, poolkeep, or a number (decode-attention target CTAs);
+      # or to bench.py's arguments: budgetN = --max-num-batched-tokens N; default = none
+      env=(); args=()
       IFS=+ read -r -a words <<< "$variant"
       for word in "${words[@]}"; do
         case $word in
@@ -107,12 +108,13 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;
           sync) env+=(KESTREL_ASYNC_DECODE=0) ;;
           poolkeep) env+=(KESTREL_POOL_KEEP=1) ;;
+          budget*) args+=(--max-num-batched-tokens "${word#budget}") ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac
       done
       {
         echo "== $shape throughput (variant: $variant)"
-        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput 2>&1
+        env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --throughput "${args[@]}" 2>&1
         if [ "${THROUGHPUT_ONLY:-0}" != 1 ]; then
           echo "== $shape sweep ($variant)"
           env "${env[@]}" .gpu/bin/kestrel bench -m "$m" --device cuda --sweep 2>&1
