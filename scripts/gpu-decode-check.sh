@@ -13,7 +13,6 @@
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      sync = KESTREL_ASYNC_DECODE=0 (no asynchronous scheduling: each decode step read back before the next),
-#      poolkeep = KESTREL_POOL_KEEP=1 (freed device memory kept in the allocator's pool between steps),
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048); budgetN = bench.py's --max-num-batched-tokens N;
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
 #      batch-64 runs) into throughput.txt,
@@ -64,7 +63,6 @@ for shape in ${BENCH_SHAPES:-0.6b 4b}; do
       sampled-eager) env=(); extra=(--temperature 0.7 --eager) ;;
       attnlanes) env=(KESTREL_ATTN_MMA=0); extra=() ;;
       prefillscalar) env=(KESTREL_PREFILL_MMA=0); extra=() ;;
-      poolkeep) env=(KESTREL_POOL_KEEP=1); extra=() ;;
       attnmma3) env=(KESTREL_ATTN_MMA=3); extra=() ;;
       attnh3) env=(KESTREL_ATTN_MMA=h3); extra=() ;;
       ctas512) env=(KESTREL_ATTN_TARGET_CTAS=512); extra=() ;;
@@ -93,7 +91,7 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
     m=/tmp/kestrel-parity/$shape
     for variant in ${THROUGHPUT_VARIANTS:-default}; do
       # a variant is words joined by +, each adding to the environment: attnlanes, attnmma3,
-      # attnh3, nosplitmixed, unsorted, prefillscalar, sync, poolkeep, or a number (decode-attention target CTAs);
+      # attnh3, nosplitmixed, unsorted, prefillscalar, sync, or a number (decode-attention target CTAs);
       # or to bench.py's arguments: budgetN = --max-num-batched-tokens N; default = none
       env=(); args=()
       IFS=+ read -r -a words <<< "$variant"
@@ -107,7 +105,6 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;
           sync) env+=(KESTREL_ASYNC_DECODE=0) ;;
-          poolkeep) env+=(KESTREL_POOL_KEEP=1) ;;
           budget*) args+=(--max-num-batched-tokens "${word#budget}") ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac

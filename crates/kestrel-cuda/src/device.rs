@@ -94,9 +94,6 @@ impl CudaDevice {
         let stream = ctx
             .new_stream()
             .map_err(CudaError::driver("creating a stream"))?;
-        if std::env::var("KESTREL_POOL_KEEP").is_ok_and(|v| v == "1") {
-            keep_freed_memory(&ctx)?;
-        }
         let name = ctx.name().map_err(CudaError::driver("device name"))?;
         let (major, minor) = ctx
             .compute_capability()
@@ -181,11 +178,10 @@ impl CudaDevice {
             .stream
             .clone_dtoh(src)
             .map_err(CudaError::driver(format!("copying {what} to the host")));
-        let ns = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        self.waited_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count_wait(start.elapsed());
         out
     }
-    /// Adds time the host spent blocked on the device elsewhere (an asynchronous copy's wait).
+    /// Adds time the host spent blocked on the device (a download, an asynchronous copy's wait).
     pub(crate) fn count_wait(&self, d: std::time::Duration) {
         let ns = d.as_nanos().min(u64::MAX as u128) as u64;
         self.waited_ns.fetch_add(ns, Ordering::Relaxed);
@@ -197,7 +193,7 @@ impl CudaDevice {
         self.waited_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
     /// Hands the stream-ordered pool's unused memory back to the driver, so that free memory can be
-    /// measured (see [`keep_freed_memory`]).
+    /// measured (memory freed while loading may still sit in the pool).
     pub fn trim_memory_pool(&self) -> Result<()> {
         self.synchronize()?;
         // SAFETY: the context's device, and its own default pool.
@@ -289,34 +285,5 @@ impl CudaDevice {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, f.clone());
         Ok(f)
-    }
-}
-
-/// Keeps memory freed by stream-ordered frees in the device's pool for the next allocations: with the
-/// driver's default release threshold (0) the pool hands it back at every synchronization (each
-/// engine step ends in one), so every prefill step maps its hundreds of MB of activations again, on
-/// the host, while the GPU waits (a guess from bench.py's prompt steps). Measured on H100 at 65cc1c8
-/// (bench.py, 0.6B BF16): 19,054 output tok/s with it vs 18,980 / 19,144 without, 19,680 vs 19,667
-/// with asynchronous decode: no gain, so it stays opt-in with `KESTREL_POOL_KEEP=1`.
-fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
-    let pools = ctx
-        .attribute(
-            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
-        )
-        .map_err(CudaError::driver("memory pool support"))?;
-    if pools == 0 {
-        return Ok(()); // allocations are synchronous there: nothing is pooled
-    }
-    let mut keep = u64::MAX;
-    // SAFETY: the context's own device and default pool; the attribute takes a u64.
-    unsafe {
-        let pool = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device())
-            .map_err(CudaError::driver("the device's memory pool"))?;
-        cudarc::driver::result::mem_pool::set_attribute(
-            pool,
-            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut keep as *mut u64 as *mut std::ffi::c_void,
-        )
-        .map_err(CudaError::driver("keeping freed memory in the pool"))
     }
 }

@@ -71,8 +71,12 @@ impl World {
     fn collect(&mut self, l: Launched, tag: &str) {
         for (id, pos, tok) in l.tokens {
             // Still known to the scheduler unless the request ended meanwhile.
-            let known = self.s.set_token(id, pos, tok);
-            assert_eq!(known, !self.finished.contains(&id), "{tag}: set_token {id}");
+            let known = self.s.set_tokens(&[(id, pos, tok)]);
+            assert_eq!(
+                known,
+                [!self.finished.contains(&id)],
+                "{tag}: set_tokens {id}"
+            );
             self.arrive(id, tok, l.done.contains(&id), tag);
         }
     }

@@ -259,14 +259,8 @@ impl Scheduler {
         true
     }
 
-    /// Replaces the [`PENDING_TOKEN`] at `pos` of sequence `id` (wherever it is) by the token its
-    /// step sampled, and hashes the block it completes, if any. False when the id is unknown.
-    pub fn set_token(&mut self, id: u64, pos: usize, token: u32) -> bool {
-        let at = self.running.iter().position(|e| e.seq.id == id);
-        self.set_token_at(at, id, pos, token)
-    }
-
-    /// [`Self::set_token`] for a launched step's tokens `(id, pos, token)`: whether each id was
+    /// A launched step's tokens `(id, pos, token)`: each replaces the [`PENDING_TOKEN`] at `pos` of
+    /// sequence `id` (wherever it is) and hashes the block it completes, if any. Whether each id was
     /// known.
     pub fn set_tokens(&mut self, tokens: &[(u64, usize, u32)]) -> Vec<bool> {
         let index = self.running_index();
@@ -432,7 +426,7 @@ impl Scheduler {
             }
             let tok = tok.expect("a token is sampled at the end of a sequence's tokens");
             e.seq.append_token(tok);
-            // a pending token's block is hashed when the real token replaces it (set_token)
+            // a pending token's block is hashed when the real token replaces it (set_tokens)
             if e.seq.len().is_multiple_of(bs) && tok != PENDING_TOKEN {
                 let parent = e.hashes.last().copied();
                 let h = hash_block(parent, e.seq.block(e.seq.len() / bs - 1));

@@ -2,7 +2,7 @@
 //! BlockManager and the Runner share (nano-vllm's `Sequence`).
 
 /// Stands for a token sampled by a decode step that is launched but not read back yet (asynchronous
-/// scheduling); replaced by the real token when it is ([`super::scheduler::Scheduler::set_token`]).
+/// scheduling); replaced by the real token when it is ([`super::scheduler::Scheduler::set_tokens`]).
 /// No block holding it is hashed until then. Never a vocabulary id.
 pub const PENDING_TOKEN: u32 = u32::MAX;
 
