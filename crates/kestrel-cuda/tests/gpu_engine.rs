@@ -309,10 +309,10 @@ fn many_long_sequences_that_do_not_fit_all_complete() {
                     "{tag} request {i}"
                 );
             }
-            for i in [0, 7, 128, 255] {
+            for i in (0..256).step_by(17).chain([7, 128, 255]) {
                 let (p, s) = &reqs[i];
-                let want = alone(&gpu, dir, cfg, p, s);
-                assert_eq!(outs[i].token_ids, want.token_ids, "{tag} request {i}");
+                let want = alone(&gpu, dir, cfg, p, &with_top_logprobs(s));
+                same_greedy_up_to_a_tie(&outs[i], &want, &format!("{tag} request {i}"));
             }
             let st = e.stats();
             eprintln!("{tag}: {st:?}");
@@ -324,6 +324,39 @@ fn many_long_sequences_that_do_not_fit_all_complete() {
             assert_eq!(e.num_free_blocks(), e.num_blocks(), "{tag}");
         }
     }
+}
+
+/// `s` reporting each token's top-2 alternatives (the reference's margins).
+fn with_top_logprobs(s: &SamplingParams) -> SamplingParams {
+    SamplingParams {
+        logprobs: Some(2),
+        ..s.clone()
+    }
+}
+
+/// A preempted sequence recomputes its KV through the prefill path (GEMMs over many rows) where the
+/// reference wrote it one decode row at a time: the same values up to bf16 rounding, so a logit may
+/// move by about one bf16 step. Greedy tokens must then be equal up to the first step where the
+/// reference's two best logits are that close (measured on H100: tiny-qwen3's request 128 of the
+/// 256-sequence workload meets an exact tie at its 18th token, which recompute breaks the other
+/// way); after it the sequences legitimately differ. TIE = 1/64: bf16's step for logits of 2 to 4.
+fn same_greedy_up_to_a_tie(got: &Output, want: &Output, tag: &str) {
+    const TIE: f32 = 1.0 / 64.0;
+    let Some(d) = (0..want.token_ids.len()).find(|&d| got.token_ids[d] != want.token_ids[d]) else {
+        return;
+    };
+    let top = &want.logprobs[d].top;
+    let theirs = top.iter().find(|&&(t, _)| t == got.token_ids[d]);
+    let margin = theirs.map(|&(_, lp)| top[0].1 - lp);
+    eprintln!(
+        "{tag}: diverges at token {d}: {} for {top:?}",
+        got.token_ids[d]
+    );
+    assert!(
+        margin.is_some_and(|m| m <= TIE),
+        "{tag}: token {d} is {} where the reference's best are {top:?} (not a tie within {TIE})",
+        got.token_ids[d]
+    );
 }
 
 #[test]
