@@ -9,8 +9,11 @@
 // expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
 // 16-key tile costs each warp 48 mma, 20 ldmatrix (D = 128) and one softmax step for all its heads.
 // Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
-// (cp.async; see decode_mma for its layouts; rows padded by 8 bf16: ldmatrix's 8 rows fall on
-// distinct banks); warps meet only after their last tile.
+// (cp.async, or with TMA one bulk copy per key row; see decode_mma for its layouts; rows padded by 8
+// bf16: ldmatrix's 8 rows fall on distinct banks); warps meet only after their last tile. (ncu, H100:
+// the 16-byte cp.async copies of padded rows ask L2 for 24 sectors per 16 they need; unpadded rows,
+// with or without an XOR swizzle, or chunk pairs ask for 32 and ran 4-25% slower. Bulk copies go
+// through the copy engine instead of those requests; their sectors are not measured yet.)
 // Numerics: S in f32 (exact bf16 products, f32 sums), softmax with a running max and expf in f32,
 // P.V with P as two bf16 terms (P = hi + lo, hi = bf16(P): 16 significant bits, within ~2^-17 of
 // the f32 P the lane and prefill kernels use, so a sequence decodes alike in a mixed step, where the
@@ -45,7 +48,7 @@ __host__ __device__ constexpr int mma_att_q_bytes(int d) { return MMA_ATT_G * (d
 // while a warp reads tile t, tiles t + 1 .. t + H / 2 - 1 are in flight). SPLIT = true: each is its
 // own copy group (H = 3: while a warp reads K or V of tile t, the next two are in flight, the same
 // bytes as two stages in 3/4 of the shared memory: 4 CTAs an SM at D = 128 instead of 3).
-template <int D, int H, bool SPLIT, bool FUSED>
+template <int D, int H, bool SPLIT, bool FUSED, bool TMA>
 __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, float *__restrict__ ws_acc,
                            unsigned *__restrict__ done, const bf16 *__restrict__ q,
                            const bf16 *__restrict__ k_cache, const bf16 *__restrict__ v_cache,
@@ -61,6 +64,10 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
     bf16 *area = reinterpret_cast<bf16 *>(mma_att_area);
     bf16 *s_q = area + mma_att_smem(D, H) / 2;
     unsigned *s_bt = reinterpret_cast<unsigned *>(area) + (mma_att_smem(D, H) + mma_att_q_bytes(D)) / 4;
+    // TMA: each warp's H ring-slot barriers, after the block-table entries (8-byte aligned)
+    unsigned long long *bars = reinterpret_cast<unsigned long long *>(
+        reinterpret_cast<char *>(area) +
+        ((mma_att_smem(D, H) + mma_att_q_bytes(D) + (max_blocks + 1) * 4 + 7) & ~7));
     pdl_enter();
     DecodeCta c;
     if (!decode_cta(c, G, cu_seqlens_q, context_lens, num_heads, num_kv_heads, max_partitions)) return;
@@ -77,6 +84,7 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
     if constexpr (FUSED)
         fused_qk_prologue(area, f, q_token, p == nparts - 1, kvh, h0, gcount, num_heads, num_kv_heads, D,
                           kv_stride);
+    if constexpr (FUSED && TMA) fence_proxy_async_global();  // the new key, before bulk copies read it
     __syncthreads();
 
     // the q heads into their padded rows (zero rows past the group), 16 bytes a thread a step
@@ -99,6 +107,25 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
         const int t = j >> 1;
         if (t >= mine) return;
         const int kb = k_begin + (warp + t * DECODE_WARPS) * MMA_ATT_KT;
+        if constexpr (TMA) {
+            // one bulk copy per key row (lanes 0..n-1), landing on the slot's barrier; V rows past the
+            // partition are zeroed (P is 0 there, and 0 x a stale NaN would not be)
+            const int n = min(MMA_ATT_KT, k_end - kb);
+            bf16 *dst = ring + (j % H) * TILE;
+            unsigned long long *bar = bars + warp * H + j % H;
+            if (lane == 0) mbar_arrive_expect_tx(bar, (unsigned)(n * D * 2));
+            __syncwarp();
+            if (lane < n) {
+                const int pos = kb + lane;
+                const unsigned sl = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
+                bulk_copy_g2s(dst + lane * LD, ((j & 1) ? v_cache : k_cache) + (size_t)sl * kv_stride + (size_t)kvh * D,
+                              D * 2, bar);
+            } else if ((j & 1) && lane < MMA_ATT_KT) {
+                for (int c = 0; c < CH; ++c)
+                    *reinterpret_cast<uint4 *>(dst + lane * LD + c * 8) = make_uint4(0, 0, 0, 0);
+            }
+            return;
+        }
         const int pos = kb + (lane & 15);
         unsigned slot = 0xffffffffu;
         if (pos < k_end) slot = s_bt[pos / block_size - b0] * (unsigned)block_size + pos % block_size;
@@ -122,13 +149,24 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
             stage(2 * g);
             stage(2 * g + 1);
         }
-        cp_async_commit();
+        if constexpr (!TMA) cp_async_commit();
     };
     auto next = [&](int g) {  // wait for group g's copies, then refill the slots read before them
-        cp_async_wait<IN_FLIGHT>();
+        if constexpr (TMA) {
+            // half j's slot j % H completes its (j / H)-th phase
+            const int j0 = SPLIT ? g : 2 * g;
+            mbar_wait(bars + warp * H + j0 % H, (unsigned)(j0 / H) & 1);
+            if constexpr (!SPLIT) mbar_wait(bars + warp * H + (j0 + 1) % H, (unsigned)((j0 + 1) / H) & 1);
+        } else {
+            cp_async_wait<IN_FLIGHT>();
+        }
         __syncwarp();  // every lane's copies of group g have landed; the group before's slots are free
         issue(g + IN_FLIGHT + 1);
     };
+    if constexpr (TMA) {
+        if (lane < H) mbar_init(bars + warp * H + lane, 1);
+        __syncwarp();
+    }
 #pragma unroll
     for (int g = 0; g <= IN_FLIGHT; ++g) issue(g);
 
@@ -220,30 +258,37 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
                         num_heads, D, max_partitions);
 }
 
-#define DECODE_MMA_KERNELS(D, H, SPLIT, SUFFIX)                                                              \
+#define DECODE_MMA_KERNELS(D, H, SPLIT, TMA, SUFFIX)                                                         \
     extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS)                                     \
         attention_decode_mma##SUFFIX##_d##D(DECODE_PARAMS) {                                             \
         const FusedQk none{};                                                                            \
-        decode_mma<D, H, SPLIT, false>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,       \
-                                       context_lens, block_tables, num_heads, num_kv_heads, block_size,  \
-                                       max_blocks, max_partitions, scale, none);                         \
+        decode_mma<D, H, SPLIT, false, TMA>(out, ws_ml, ws_acc, done, q, k_cache, v_cache, cu_seqlens_q,  \
+                                            context_lens, block_tables, num_heads, num_kv_heads,         \
+                                            block_size, max_blocks, max_partitions, scale, none);        \
     }                                                                                                    \
     extern "C" __global__ void __launch_bounds__(32 * DECODE_WARPS)                                     \
         attention_decode_mma_qk##SUFFIX##_d##D(DECODE_QK_PARAMS) {                                       \
         DECODE_QK_INPUTS;                                                                                \
-        decode_mma<D, H, SPLIT, true>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache, cu_seqlens_q,  \
-                                      context_lens, block_tables, num_heads, num_kv_heads, block_size,   \
-                                      max_blocks, max_partitions, scale, f);                             \
+        decode_mma<D, H, SPLIT, true, TMA>(out, ws_ml, ws_acc, done, nullptr, k_cache, v_cache,          \
+                                           cu_seqlens_q, context_lens, block_tables, num_heads,          \
+                                           num_kv_heads, block_size, max_blocks, max_partitions, scale, \
+                                           f);                                                           \
     }
 
 // two stages a warp (4 half tiles), or three (6: two tiles in flight a warp), or K and V apart in 3
 // slots (_h3). At D = 128: 108 registers (168 with a spill before the q heads moved to shared memory
 // and rows 8..15 of the accumulators stopped taking registers); two stages: 3 CTAs an SM, bound by
 // shared memory (72 KB a CTA, ncu, H100) — same speed as before on H100 (bench.py 0.6B 19,702 vs
-// 19,712 / 19,541 output tok/s); _h3: 55 KB, 4 CTAs an SM.
-DECODE_MMA_KERNELS(64, 4, false, )
-DECODE_MMA_KERNELS(128, 4, false, )
-DECODE_MMA_KERNELS(64, 6, false, _s3)
-DECODE_MMA_KERNELS(128, 6, false, _s3)
-DECODE_MMA_KERNELS(64, 3, true, _h3)
-DECODE_MMA_KERNELS(128, 3, true, _h3)
+// 19,712 / 19,541 output tok/s); _h3: 55 KB, 4 CTAs an SM. _h3tma: _h3 filled by bulk copies (sm_90),
+// the default for grids of up to 512 CTAs a partition (src/ops/attention.rs: H100, 0.6B, decode tok/s
+// at 16 / 32 / 64 sequences +8 / +9 / +9% over two stages, 96 -4%, 128 +1%, 192 -1%; bench.py the
+// same). Bulk copies into the two-stage ring measured slower (bench.py 19,239 vs 19,502; batch 64
+// 20,622 vs 21,656), so that pairing has no instance.
+DECODE_MMA_KERNELS(64, 4, false, false, )
+DECODE_MMA_KERNELS(128, 4, false, false, )
+DECODE_MMA_KERNELS(64, 6, false, false, _s3)
+DECODE_MMA_KERNELS(128, 6, false, false, _s3)
+DECODE_MMA_KERNELS(64, 3, true, false, _h3)
+DECODE_MMA_KERNELS(128, 3, true, false, _h3)
+DECODE_MMA_KERNELS(64, 3, true, true, _h3tma)
+DECODE_MMA_KERNELS(128, 3, true, true, _h3tma)

@@ -307,6 +307,7 @@ fn check(
             DecodeKernel::Mma { stages: 2 },
             DecodeKernel::Mma { stages: 3 },
             DecodeKernel::MmaSplit,
+            DecodeKernel::MmaSplitTma,
         ]
     } else {
         vec![DecodeKernel::Lanes]
@@ -338,18 +339,17 @@ fn check(
             b.run(dev, max_partitions, true, k, PrefillKernel::Scalar)
                 .unwrap()
         };
-        let (two, apart) = (
-            run(DecodeKernel::Mma { stages: 2 }),
-            run(DecodeKernel::MmaSplit),
-        );
-        let same = two
-            .iter()
-            .zip(&apart)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(
-            same,
-            "{what} heads {heads:?}: K/V apart differs from two stages"
-        );
+        let two = run(DecodeKernel::Mma { stages: 2 });
+        for ring in [DecodeKernel::MmaSplit, DecodeKernel::MmaSplitTma] {
+            let same = two
+                .iter()
+                .zip(&run(ring))
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{what} heads {heads:?}: {ring:?} differs from two stages"
+            );
+        }
     }
 }
 
@@ -713,6 +713,7 @@ fn fused_qk_decode_matches_the_two_launches() {
                 DecodeKernel::Mma { stages: 2 },
                 DecodeKernel::Mma { stages: 3 },
                 DecodeKernel::MmaSplit,
+                DecodeKernel::MmaSplitTma,
             ] {
                 let what = format!("heads {heads:?}, {partitions} partitions, {kernel:?}");
                 check_fused_qk(

@@ -68,10 +68,11 @@ pub struct AttnBatch<'a, U> {
 /// The decode-attention kernels (one query per sequence).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DecodeKernel {
-    /// [`DecodeKernel::Mma`] with 2 stages; `KESTREL_ATTN_MMA=3` gives 3 stages, `0` the lane kernel.
-    /// The tensor-core kernel took nano-vllm's bench.py workload from 13,976 to 19,814 output tok/s
-    /// (Qwen3-0.6B BF16, H200, session 8); 3 stages measured the same there (19,770) and 3% faster
-    /// at 64 sequences, 9% slower at 256.
+    /// The tensor-core kernel: [`DecodeKernel::MmaSplitTma`] for small grids, [`DecodeKernel::Mma`]
+    /// with 2 stages above (`DecodeKernel::mma_ring` says which; `KESTREL_ATTN_MMA` overrides it,
+    /// `0` = the lane kernel). The tensor-core kernel took nano-vllm's bench.py workload from 13,976
+    /// to 19,814 output tok/s (Qwen3-0.6B BF16, H200, session 8); 3 stages measured the same there
+    /// (19,770) and 3% faster at 64 sequences, 9% slower at 256.
     #[default]
     Auto,
     /// kernels/attention_decode.cuh: lane groups own keys, f32 FMAs and shuffle reductions.
@@ -85,8 +86,13 @@ pub enum DecodeKernel {
     /// the shared memory (4 CTAs an SM at head_dim 128, not 3); bit-identical results. bench.py
     /// (H100, 0.6B, session 10): 19,390 output tok/s vs 19,480 with two stages, so not the default;
     /// where a decode grid is just over one wave of 3 CTAs an SM (64 sequences x 8 kv heads = 512
-    /// CTAs on 396 slots) it should gain: not measured yet.
+    /// CTAs on 396 slots) it gains.
     MmaSplit,
+    /// [`DecodeKernel::MmaSplit`] with its ring filled by Hopper's bulk copies (one per key row,
+    /// completing on a barrier per slot; the `_h3tma` instances, `KESTREL_ATTN_MMA=h3tma`) instead
+    /// of 16-byte cp.async (ncu, H100: 1.5x the L2 sectors each copy needs); bit-identical results.
+    /// sm_90 and later; [`DecodeKernel::MmaSplit`] before.
+    MmaSplitTma,
 }
 
 /// A tensor-core decode kernel's ring per warp: `halves` slots of 16-key K or V tiles, K and V of
@@ -95,6 +101,8 @@ pub enum DecodeKernel {
 struct MmaRing {
     halves: usize,
     split: bool,
+    /// The ring filled by Hopper's bulk copies (sm_90), one per key row, not by cp.async.
+    tma: bool,
 }
 
 impl MmaRing {
@@ -102,12 +110,21 @@ impl MmaRing {
         MmaRing {
             halves: 2 * stages,
             split: false,
+            tma: false,
         }
     }
     const SPLIT3: MmaRing = MmaRing {
         halves: 3,
         split: true,
+        tma: false,
     };
+    /// Bulk copies where the device has them (sm_90).
+    const fn with_tma_on(self, hopper: bool) -> Self {
+        MmaRing {
+            tma: hopper,
+            ..self
+        }
+    }
 }
 
 /// Head dimensions with a tensor-core decode instance (`attention_decode_mma_d{D}`) and prefill
@@ -146,25 +163,51 @@ impl PrefillKernel {
 }
 
 impl DecodeKernel {
-    /// The tensor-core kernel's ring when this choice runs it for `head_dim`.
-    fn mma_ring(self, head_dim: usize) -> Option<MmaRing> {
-        static ENV: std::sync::OnceLock<Option<MmaRing>> = std::sync::OnceLock::new();
+    /// The tensor-core kernel's ring when this choice runs it for `head_dim`, in a grid of `ctas`
+    /// (sequence, head group) CTAs a partition, on a device with bulk copies (`hopper`) or not.
+    /// Auto: `KESTREL_ATTN_MMA` when set (0 = the lane kernel, 2, 3, h3, h3tma); else K and V
+    /// apart in 3 slots filled by bulk copies (4 CTAs an SM) for grids of at most
+    /// `KESTREL_ATTN_SMALL_CTAS` (default [`SMALL_DECODE_CTAS`]) CTAs, two cp.async stages above.
+    fn mma_ring(self, head_dim: usize, ctas: usize, hopper: bool) -> Option<MmaRing> {
+        static ENV: std::sync::OnceLock<Option<Option<MmaRing>>> = std::sync::OnceLock::new();
+        static SMALL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let ring = match self {
             DecodeKernel::Lanes => None,
             DecodeKernel::Mma { stages } => Some(MmaRing::stages(if stages == 3 { 3 } else { 2 })),
             DecodeKernel::MmaSplit => Some(MmaRing::SPLIT3),
+            DecodeKernel::MmaSplitTma => Some(MmaRing::SPLIT3.with_tma_on(hopper)),
             DecodeKernel::Auto => {
-                *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
-                    Ok("0") => None,
-                    Ok("3") => Some(MmaRing::stages(3)),
-                    Ok("h3") => Some(MmaRing::SPLIT3),
-                    _ => Some(MmaRing::stages(2)),
-                })
+                let set = *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
+                    Ok("0") => Some(None),
+                    Ok("2") => Some(Some(MmaRing::stages(2))),
+                    Ok("3") => Some(Some(MmaRing::stages(3))),
+                    Ok("h3") => Some(Some(MmaRing::SPLIT3)),
+                    Ok("h3tma") => Some(Some(MmaRing::SPLIT3.with_tma_on(true))),
+                    _ => None,
+                });
+                let small = *SMALL.get_or_init(|| {
+                    std::env::var("KESTREL_ATTN_SMALL_CTAS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(SMALL_DECODE_CTAS)
+                });
+                match set {
+                    Some(choice) => choice.map(|r| MmaRing {
+                        tma: r.tma && hopper,
+                        ..r
+                    }),
+                    None if ctas <= small => Some(MmaRing::SPLIT3.with_tma_on(hopper)),
+                    None => Some(MmaRing::stages(2)),
+                }
             }
         };
         ring.filter(|_| MMA_HEAD_DIMS.contains(&head_dim))
     }
 }
+
+/// Decode grids of at most this many (sequence, head group) CTAs a partition take the 3-slot ring
+/// (see [`DecodeKernel::mma_ring`]).
+const SMALL_DECODE_CTAS: usize = 512;
 
 /// Warps per decode CTA; must match kernels/attention_decode_merge.cuh.
 const DECODE_WARPS: usize = 4;
@@ -242,17 +285,32 @@ fn decode_smem_bytes(g: usize, head_dim: usize, max_blocks_per_seq: usize) -> us
 }
 
 /// Bytes of dynamic shared memory of `attention_decode_mma*_d{head_dim}`: each warp's ring of
-/// 16-key K or V tiles (rows padded by 8 bf16), the group's q heads (padded alike), then the
-/// partition's block-table entries.
+/// 16-key K or V tiles (rows padded by 8 bf16), the group's q heads (padded alike), the
+/// partition's block-table entries, then (bulk copies) each warp's slot barriers, 8-byte aligned.
 fn decode_mma_smem_bytes(head_dim: usize, ring: MmaRing, max_blocks_per_seq: usize) -> usize {
     (DECODE_WARPS * ring.halves * MMA_ATT_KT + MMA_ATT_G) * (head_dim + 8) * 2
         + (max_blocks_per_seq + 1) * 4
+        + if ring.tma {
+            8 + DECODE_WARPS * ring.halves * 8
+        } else {
+            0
+        }
 }
 
 /// The tensor-core decode kernel's name (kernels/attention_decode_mma.cu's instances: no suffix
-/// for two stages, `_s3` for three, `_h3` for K and V apart in 3 slots).
+/// for two stages, `_s3` for three, `_h3` for K and V apart in 3 slots, `_h3tma` for those filled by
+/// bulk copies).
 fn decode_mma_name(fused: bool, head_dim: usize, ring: MmaRing) -> &'static str {
     let (h3, s3) = (ring == MmaRing::SPLIT3, ring == MmaRing::stages(3));
+    if ring.tma {
+        // only the 3-slot ring has bulk-copy instances
+        return match (fused, head_dim) {
+            (false, 64) => "attention_decode_mma_h3tma_d64",
+            (false, _) => "attention_decode_mma_h3tma_d128",
+            (true, 64) => "attention_decode_mma_qk_h3tma_d64",
+            (true, _) => "attention_decode_mma_qk_h3tma_d128",
+        };
+    }
     match (fused, h3, s3, head_dim) {
         (false, true, _, 64) => "attention_decode_mma_h3_d64",
         (false, true, _, _) => "attention_decode_mma_h3_d128",
@@ -638,7 +696,11 @@ fn run<U: DevicePtr<u32>>(
 
     let group = num_heads / num_kv_heads;
     let fused = matches!(queries, Queries::Fused(_));
-    let mma = batch.decode_kernel.mma_ring(head_dim);
+    let mma = batch.decode_kernel.mma_ring(
+        head_dim,
+        num_seqs * num_kv_heads * group.div_ceil(MMA_ATT_G),
+        dev.compute_capability().0 >= 9,
+    );
     let g = if mma.is_some() {
         MMA_ATT_G
     } else {
@@ -802,10 +864,11 @@ mod tests {
                 (MmaRing::stages(2), ""),
                 (MmaRing::stages(3), "_s3"),
                 (MmaRing::SPLIT3, "_h3"),
+                (MmaRing::SPLIT3.with_tma_on(true), "_h3tma"),
             ];
             for (ring, suffix) in rings {
-                let (h, split) = (ring.halves, ring.split);
-                let instance = format!("DECODE_MMA_KERNELS({d}, {h}, {split}, {suffix})\n");
+                let (h, split, tma) = (ring.halves, ring.split, ring.tma);
+                let instance = format!("DECODE_MMA_KERNELS({d}, {h}, {split}, {tma}, {suffix})\n");
                 assert!(mma.contains(&instance), "{instance}");
                 for fused in [false, true] {
                     let qk = if fused { "_qk" } else { "" };
@@ -817,7 +880,9 @@ mod tests {
             // the split ring's point: 4 CTAs of 128 threads in an SM's 228 KB (1 KB each reserved)
             // with block tables of up to 256 entries
             if d == 128 {
-                assert!(4 * (decode_mma_smem_bytes(d, MmaRing::SPLIT3, 256) + 1024) <= 228 * 1024);
+                for ring in [MmaRing::SPLIT3, MmaRing::SPLIT3.with_tma_on(true)] {
+                    assert!(4 * (decode_mma_smem_bytes(d, ring, 256) + 1024) <= 228 * 1024);
+                }
             }
         }
     }
