@@ -9,7 +9,9 @@
 #      GEMV_BENCH=1 (the decode GEMV microbenchmark), NCU_PROMPT (prompt length of the ncu run), NCU_ARGS
 #      (more bench arguments for it, e.g. "--batch 128": batched decode steps as the engine runs them),
 #      THROUGHPUT=1 (bench --throughput, --sweep and --batch 64 at THROUGHPUT_SHAPES, once per THROUGHPUT_VARIANTS:
-#      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), attnh3 = h3 (K and V tiles apart in 3 slots), nosplitmixed = KESTREL_SPLIT_MIXED=0,
+#      default, or words joined by +: attnlanes = KESTREL_ATTN_MMA=0, attnmma3 = 3 (3-stage rings), attnh3 = h3 (K and V tiles apart in 3 slots),
+#      attn2 / attnh3tma / attnh4 / attnh4tma = KESTREL_ATTN_MMA=2 (two stages everywhere) / h3tma / h4 / h4tma (bulk copies: tma),
+#      smallN = KESTREL_ATTN_SMALL_CTAS=N (the largest grid on the 3-slot bulk-copy ring), nosplitmixed = KESTREL_SPLIT_MIXED=0,
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      sync = KESTREL_ASYNC_DECODE=0 (no asynchronous scheduling: each decode step read back before the next),
@@ -101,6 +103,8 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           attnlanes) env+=(KESTREL_ATTN_MMA=0) ;;
           attnmma3) env+=(KESTREL_ATTN_MMA=3) ;;
           attnh3) env+=(KESTREL_ATTN_MMA=h3) ;;
+          attnh3tma|attnh4|attnh4tma|attn2) env+=(KESTREL_ATTN_MMA=${word#attn}) ;;
+          small*) env+=(KESTREL_ATTN_SMALL_CTAS=${word#small}) ;;
           nosplitmixed) env+=(KESTREL_SPLIT_MIXED=0) ;;
           unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;

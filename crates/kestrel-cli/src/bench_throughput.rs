@@ -6,9 +6,10 @@
 //!   lengths uniform in `--min-output-len..=--max-output-len` (100..=1024), ignore_eos, a fixed
 //!   `--seed`; all submitted at once, timed from the first step to the last output. Prints total
 //!   output tokens, time and output tok/s, then where the time went: decode-only steps and steps with
-//!   prompt tokens, and on a GPU the host work the device waited for. Greedy by default (the device
-//!   argmax); nano-vllm samples at temperature 0.6, which `--temperature 0.6` reproduces (sampled on
-//!   the device too, inside the decode graphs). The step budget defaults to 16384 tokens here
+//!   prompt tokens, and on a GPU the host time outside result downloads (what the device may have
+//!   waited for: an upper bound, as asynchronous steps run on the device meanwhile). Greedy by
+//!   default (the device argmax); nano-vllm samples at temperature 0.6, which `--temperature 0.6`
+//!   reproduces (sampled on the device too, inside the decode graphs). The step budget defaults to 16384 tokens here
 //!   (nano-vllm's), 8192 in `serve`.
 //! - `--sweep`: llama-batched-bench's shape. For each concurrency in `--sweep-concurrency`
 //!   (1,16,64,256), that many requests of `-p` (512) prompt tokens and `-n` (128) output tokens at
@@ -374,9 +375,9 @@ impl StepSplit {
     }
 }
 
-/// The run's split as one line: decode-only and prefill steps, and the host work the device waited
-/// for (wall time minus time blocked on the device's results; an upper bound, as a step that samples
-/// nothing does not wait).
+/// The run's split as one line: decode-only and prefill steps, and the host time outside downloads
+/// (wall time minus time blocked on the device's results): an upper bound on what the device waited
+/// for, as a step that samples nothing does not wait and a step launched ahead runs meanwhile.
 fn split_line(r: &serde_json::Value) -> String {
     let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
     let decode_steps = f("decode_steps");
@@ -393,8 +394,9 @@ fn split_line(r: &serde_json::Value) -> String {
     }
     if let Some(host) = r["host_seconds"].as_f64() {
         line += &format!(
-            "; host work the device waited for: {host:.2} s ({:.0}% of the run; in decode-only \
-             steps {:.2} s: planning {:.2}, outputs {:.2}, launch preparation {:.2})",
+            "; host time outside downloads: {host:.2} s ({:.0}% of the run; what the device may \
+             have waited for, less where steps were launched ahead; in decode-only steps {:.2} s: \
+             planning {:.2}, outputs {:.2}, launch preparation {:.2})",
             100.0 * host / f("seconds").max(1e-9),
             f("decode_seconds") - f("decode_waited_seconds"),
             f("decode_plan_seconds"),

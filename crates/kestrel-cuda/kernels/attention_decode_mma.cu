@@ -283,7 +283,8 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
 // the default for grids of up to 512 CTAs a partition (src/ops/attention.rs: H100, 0.6B, decode tok/s
 // at 16 / 32 / 64 sequences +8 / +9 / +9% over two stages, 96 -4%, 128 +1%, 192 -1%; bench.py the
 // same). Bulk copies into the two-stage ring measured slower (bench.py 19,239 vs 19,502; batch 64
-// 20,622 vs 21,656), so that pairing has no instance.
+// 20,622 vs 21,656), so that pairing has no instance. _h4 / _h4tma: K and V apart in 4 slots, the
+// two stages' shared memory with three halves in flight (not measured yet).
 DECODE_MMA_KERNELS(64, 4, false, false, )
 DECODE_MMA_KERNELS(128, 4, false, false, )
 DECODE_MMA_KERNELS(64, 6, false, false, _s3)
@@ -292,3 +293,7 @@ DECODE_MMA_KERNELS(64, 3, true, false, _h3)
 DECODE_MMA_KERNELS(128, 3, true, false, _h3)
 DECODE_MMA_KERNELS(64, 3, true, true, _h3tma)
 DECODE_MMA_KERNELS(128, 3, true, true, _h3tma)
+DECODE_MMA_KERNELS(64, 4, true, false, _h4)
+DECODE_MMA_KERNELS(128, 4, true, false, _h4)
+DECODE_MMA_KERNELS(64, 4, true, true, _h4tma)
+DECODE_MMA_KERNELS(128, 4, true, true, _h4tma)

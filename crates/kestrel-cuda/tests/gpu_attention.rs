@@ -302,13 +302,7 @@ fn check(
     // one-query rows through each decode kernel (the tensor-core one where it has the head dim)
     let decodes = seqs.iter().any(|&(q, _)| q == 1);
     let kernels = if decodes {
-        vec![
-            DecodeKernel::Lanes,
-            DecodeKernel::Mma { stages: 2 },
-            DecodeKernel::Mma { stages: 3 },
-            DecodeKernel::MmaSplit,
-            DecodeKernel::MmaSplitTma,
-        ]
+        decode_kernels()
     } else {
         vec![DecodeKernel::Lanes]
     };
@@ -340,7 +334,7 @@ fn check(
                 .unwrap()
         };
         let two = run(DecodeKernel::Mma { stages: 2 });
-        for ring in [DecodeKernel::MmaSplit, DecodeKernel::MmaSplitTma] {
+        for ring in apart_rings() {
             let same = two
                 .iter()
                 .zip(&run(ring))
@@ -351,6 +345,24 @@ fn check(
             );
         }
     }
+}
+
+/// The tensor-core decode rings with K and V apart: 3 and 4 slots, cp.async and bulk copies.
+fn apart_rings() -> impl Iterator<Item = DecodeKernel> {
+    [3, 4]
+        .into_iter()
+        .flat_map(|slots| [false, true].map(|tma| DecodeKernel::MmaApart { slots, tma }))
+}
+
+/// Every decode kernel (the ring variants of the tensor-core one included).
+fn decode_kernels() -> Vec<DecodeKernel> {
+    let mut kernels = vec![
+        DecodeKernel::Lanes,
+        DecodeKernel::Mma { stages: 2 },
+        DecodeKernel::Mma { stages: 3 },
+    ];
+    kernels.extend(apart_rings());
+    kernels
 }
 
 fn decodes(rng: &mut Rng, n: usize, max_ctx: usize) -> Vec<(usize, usize)> {
@@ -708,13 +720,7 @@ fn fused_qk_decode_matches_the_two_launches() {
         ((14, 2, 64), false), // Qwen2-0.5B: group 7, no q/k norms
     ] {
         for partitions in [1, 4, 32] {
-            for kernel in [
-                DecodeKernel::Lanes,
-                DecodeKernel::Mma { stages: 2 },
-                DecodeKernel::Mma { stages: 3 },
-                DecodeKernel::MmaSplit,
-                DecodeKernel::MmaSplitTma,
-            ] {
+            for kernel in decode_kernels() {
                 let what = format!("heads {heads:?}, {partitions} partitions, {kernel:?}");
                 check_fused_qk(
                     dev, &mut rng, &what, heads, &seqs, partitions, norms, kernel,

@@ -68,9 +68,9 @@ pub struct AttnBatch<'a, U> {
 /// The decode-attention kernels (one query per sequence).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DecodeKernel {
-    /// The tensor-core kernel: [`DecodeKernel::MmaSplitTma`] for small grids, [`DecodeKernel::Mma`]
-    /// with 2 stages above (`DecodeKernel::mma_ring` says which; `KESTREL_ATTN_MMA` overrides it,
-    /// `0` = the lane kernel). The tensor-core kernel took nano-vllm's bench.py workload from 13,976
+    /// The tensor-core kernel: [`DecodeKernel::MmaApart`] (3 slots, bulk copies) for small grids,
+    /// [`DecodeKernel::Mma`] with 2 stages above (`DecodeKernel::mma_ring` says which;
+    /// `KESTREL_ATTN_MMA` overrides it, `0` = the lane kernel). The tensor-core kernel took nano-vllm's bench.py workload from 13,976
     /// to 19,814 output tok/s (Qwen3-0.6B BF16, H200, session 8); 3 stages measured the same there
     /// (19,770) and 3% faster at 64 sequences, 9% slower at 256.
     #[default]
@@ -81,18 +81,17 @@ pub enum DecodeKernel {
     /// 16-key tiles, each warp's K/V ring `stages` (2 or 3) tiles deep. For head dims in
     /// [`MMA_HEAD_DIMS`] (others take the lane kernel).
     Mma { stages: usize },
-    /// The same kernel with each warp's K and V tiles copied and waited for apart, in a ring of 3
-    /// (the `_h3` instances, `KESTREL_ATTN_MMA=h3`): as many bytes in flight as two stages in 3/4 of
-    /// the shared memory (4 CTAs an SM at head_dim 128, not 3); bit-identical results. bench.py
-    /// (H100, 0.6B, session 10): 19,390 output tok/s vs 19,480 with two stages, so not the default;
-    /// where a decode grid is just over one wave of 3 CTAs an SM (64 sequences x 8 kv heads = 512
-    /// CTAs on 396 slots) it gains.
-    MmaSplit,
-    /// [`DecodeKernel::MmaSplit`] with its ring filled by Hopper's bulk copies (one per key row,
-    /// completing on a barrier per slot; the `_h3tma` instances, `KESTREL_ATTN_MMA=h3tma`) instead
-    /// of 16-byte cp.async (ncu, H100: 1.5x the L2 sectors each copy needs); bit-identical results.
-    /// sm_90 and later; [`DecodeKernel::MmaSplit`] before.
-    MmaSplitTma,
+    /// The same kernel with each warp's K and V tiles copied and waited for apart, in a ring of
+    /// `slots` (3 or 4) halves (the `_h3` / `_h4` instances, `KESTREL_ATTN_MMA=h3|h4`), filled by
+    /// 16-byte cp.async or (`tma`, sm_90 and later; cp.async before) by Hopper's bulk copies, one
+    /// per key row completing on a barrier per slot (`_h3tma` / `_h4tma`); bit-identical results.
+    /// 3 slots: as many bytes in flight as two stages in 3/4 of the shared memory (4 CTAs an SM at
+    /// head_dim 128, not 3); bench.py (H100, 0.6B, session 10) 19,390 output tok/s vs 19,480 with
+    /// two stages, but where a decode grid is just over one wave of 3 CTAs an SM (64 sequences x 8
+    /// kv heads = 512 CTAs on 396 slots) it gains, with bulk copies most (session 11: +9%; ncu,
+    /// H100: the cp.async copies ask L2 for 1.5x the sectors they need). 4 slots: the two stages'
+    /// shared memory with three halves in flight instead of two (not measured yet).
+    MmaApart { slots: usize, tma: bool },
 }
 
 /// A tensor-core decode kernel's ring per warp: `halves` slots of 16-key K or V tiles, K and V of
@@ -113,16 +112,23 @@ impl MmaRing {
             tma: false,
         }
     }
-    const SPLIT3: MmaRing = MmaRing {
-        halves: 3,
-        split: true,
-        tma: false,
-    };
-    /// Bulk copies where the device has them (sm_90).
-    const fn with_tma_on(self, hopper: bool) -> Self {
+    /// K and V apart in `slots` halves, filled by bulk copies if `tma`.
+    const fn apart(slots: usize, tma: bool) -> Self {
         MmaRing {
-            tma: hopper,
-            ..self
+            halves: slots,
+            split: true,
+            tma,
+        }
+    }
+    /// Its instances' name suffix in kernels/attention_decode_mma.cu (none: two stages).
+    fn suffix(self) -> &'static str {
+        match (self.split, self.halves, self.tma) {
+            (false, 6, _) => "_s3",
+            (false, _, _) => "",
+            (true, 3, false) => "_h3",
+            (true, 3, true) => "_h3tma",
+            (true, _, false) => "_h4",
+            (true, _, true) => "_h4tma",
         }
     }
 }
@@ -165,7 +171,7 @@ impl PrefillKernel {
 impl DecodeKernel {
     /// The tensor-core kernel's ring when this choice runs it for `head_dim`, in a grid of `ctas`
     /// (sequence, head group) CTAs a partition, on a device with bulk copies (`hopper`) or not.
-    /// Auto: `KESTREL_ATTN_MMA` when set (0 = the lane kernel, 2, 3, h3, h3tma); else K and V
+    /// Auto: `KESTREL_ATTN_MMA` when set (0 = the lane kernel, 2, 3, h3, h3tma, h4, h4tma); else K and V
     /// apart in 3 slots filled by bulk copies (4 CTAs an SM) for grids of at most
     /// `KESTREL_ATTN_SMALL_CTAS` (default [`SMALL_DECODE_CTAS`]) CTAs, two cp.async stages above.
     fn mma_ring(self, head_dim: usize, ctas: usize, hopper: bool) -> Option<MmaRing> {
@@ -174,15 +180,19 @@ impl DecodeKernel {
         let ring = match self {
             DecodeKernel::Lanes => None,
             DecodeKernel::Mma { stages } => Some(MmaRing::stages(if stages == 3 { 3 } else { 2 })),
-            DecodeKernel::MmaSplit => Some(MmaRing::SPLIT3),
-            DecodeKernel::MmaSplitTma => Some(MmaRing::SPLIT3.with_tma_on(hopper)),
+            DecodeKernel::MmaApart { slots, tma } => Some(MmaRing::apart(
+                if slots == 4 { 4 } else { 3 },
+                tma && hopper,
+            )),
             DecodeKernel::Auto => {
                 let set = *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
                     Ok("0") => Some(None),
                     Ok("2") => Some(Some(MmaRing::stages(2))),
                     Ok("3") => Some(Some(MmaRing::stages(3))),
-                    Ok("h3") => Some(Some(MmaRing::SPLIT3)),
-                    Ok("h3tma") => Some(Some(MmaRing::SPLIT3.with_tma_on(true))),
+                    Ok("h3") => Some(Some(MmaRing::apart(3, false))),
+                    Ok("h3tma") => Some(Some(MmaRing::apart(3, true))),
+                    Ok("h4") => Some(Some(MmaRing::apart(4, false))),
+                    Ok("h4tma") => Some(Some(MmaRing::apart(4, true))),
                     _ => None,
                 });
                 let small = *SMALL.get_or_init(|| {
@@ -196,7 +206,7 @@ impl DecodeKernel {
                         tma: r.tma && hopper,
                         ..r
                     }),
-                    None if ctas <= small => Some(MmaRing::SPLIT3.with_tma_on(hopper)),
+                    None if ctas <= small => Some(MmaRing::apart(3, hopper)),
                     None => Some(MmaRing::stages(2)),
                 }
             }
@@ -297,34 +307,22 @@ fn decode_mma_smem_bytes(head_dim: usize, ring: MmaRing, max_blocks_per_seq: usi
         }
 }
 
-/// The tensor-core decode kernel's name (kernels/attention_decode_mma.cu's instances: no suffix
-/// for two stages, `_s3` for three, `_h3` for K and V apart in 3 slots, `_h3tma` for those filled by
-/// bulk copies).
+/// The tensor-core decode kernel's name: `attention_decode_mma[_qk]{suffix}_d{head_dim}` (the
+/// instances of kernels/attention_decode_mma.cu). Each name is made once and kept for the process
+/// (functions are looked up by `&'static str`; there are 24 at most).
 fn decode_mma_name(fused: bool, head_dim: usize, ring: MmaRing) -> &'static str {
-    let (h3, s3) = (ring == MmaRing::SPLIT3, ring == MmaRing::stages(3));
-    if ring.tma {
-        // only the 3-slot ring has bulk-copy instances
-        return match (fused, head_dim) {
-            (false, 64) => "attention_decode_mma_h3tma_d64",
-            (false, _) => "attention_decode_mma_h3tma_d128",
-            (true, 64) => "attention_decode_mma_qk_h3tma_d64",
-            (true, _) => "attention_decode_mma_qk_h3tma_d128",
-        };
+    type Key = (bool, usize, &'static str);
+    static NAMES: std::sync::Mutex<Vec<(Key, &'static str)>> = std::sync::Mutex::new(Vec::new());
+    let key = (fused, head_dim, ring.suffix());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, name)) = names.iter().find(|(k, _)| *k == key) {
+        return name;
     }
-    match (fused, h3, s3, head_dim) {
-        (false, true, _, 64) => "attention_decode_mma_h3_d64",
-        (false, true, _, _) => "attention_decode_mma_h3_d128",
-        (false, _, true, 64) => "attention_decode_mma_s3_d64",
-        (false, _, true, _) => "attention_decode_mma_s3_d128",
-        (false, _, _, 64) => "attention_decode_mma_d64",
-        (false, _, _, _) => "attention_decode_mma_d128",
-        (true, true, _, 64) => "attention_decode_mma_qk_h3_d64",
-        (true, true, _, _) => "attention_decode_mma_qk_h3_d128",
-        (true, _, true, 64) => "attention_decode_mma_qk_s3_d64",
-        (true, _, true, _) => "attention_decode_mma_qk_s3_d128",
-        (true, _, _, 64) => "attention_decode_mma_qk_d64",
-        (true, _, _, _) => "attention_decode_mma_qk_d128",
-    }
+    let qk = if fused { "_qk" } else { "" };
+    let name = format!("attention_decode_mma{qk}{}_d{head_dim}", ring.suffix());
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    names.push((key, name));
+    name
 }
 
 /// Shared memory a CTA may opt in to (sm_80 and sm_90 give at least this).
@@ -863,8 +861,10 @@ mod tests {
             let rings = [
                 (MmaRing::stages(2), ""),
                 (MmaRing::stages(3), "_s3"),
-                (MmaRing::SPLIT3, "_h3"),
-                (MmaRing::SPLIT3.with_tma_on(true), "_h3tma"),
+                (MmaRing::apart(3, false), "_h3"),
+                (MmaRing::apart(3, true), "_h3tma"),
+                (MmaRing::apart(4, false), "_h4"),
+                (MmaRing::apart(4, true), "_h4tma"),
             ];
             for (ring, suffix) in rings {
                 let (h, split, tma) = (ring.halves, ring.split, ring.tma);
@@ -880,7 +880,7 @@ mod tests {
             // the split ring's point: 4 CTAs of 128 threads in an SM's 228 KB (1 KB each reserved)
             // with block tables of up to 256 entries
             if d == 128 {
-                for ring in [MmaRing::SPLIT3, MmaRing::SPLIT3.with_tma_on(true)] {
+                for ring in [MmaRing::apart(3, false), MmaRing::apart(3, true)] {
                     assert!(4 * (decode_mma_smem_bytes(d, ring, 256) + 1024) <= 228 * 1024);
                 }
             }

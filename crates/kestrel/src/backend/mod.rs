@@ -32,7 +32,8 @@ pub struct AttnParams<'a, V> {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct HostTiming {
     /// Blocked waiting for the device's results (each step ends in one download: its tokens or
-    /// logits). A step's wall time minus its share is host work the device waited for.
+    /// logits). A step's wall time minus its share is host work, which the device waited for unless
+    /// the step was launched ahead of the one before (asynchronous scheduling).
     pub waited_s: f64,
     /// Spent in decode steps before their graph (or eager kernels) were launched: uploading the
     /// step's inputs, and the first run and capture of a new batch-size bucket's graph.
