@@ -47,7 +47,10 @@ __host__ __device__ constexpr int mma_att_q_bytes(int d) { return MMA_ATT_G * (d
 // (2t + 1) % H. SPLIT = false: K and V of a tile are copied and waited for together (H = 2 x stages:
 // while a warp reads tile t, tiles t + 1 .. t + H / 2 - 1 are in flight). SPLIT = true: each is its
 // own copy group (H = 3: while a warp reads K or V of tile t, the next two are in flight, the same
-// bytes as two stages in 3/4 of the shared memory: 4 CTAs an SM at D = 128 instead of 3).
+// bytes as two stages in 3/4 of the shared memory: 4 CTAs an SM at D = 128 instead of 3; H = 4: three
+// in flight in the two stages' memory). TMA (sm_90): a half is one bulk copy per key row, lanes 0..15
+// each issuing its row's, counted on the slot's mbarrier (phase j / H of half j), instead of the
+// whole warp's 16-byte cp.async copies and their groups.
 template <int D, int H, bool SPLIT, bool FUSED, bool TMA>
 __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, float *__restrict__ ws_acc,
                            unsigned *__restrict__ done, const bf16 *__restrict__ q,
