@@ -9,11 +9,9 @@
 // expf per key on every lane of a group) at ~57% of DRAM bandwidth over long contexts; here a
 // 16-key tile costs each warp 48 mma, 20 ldmatrix (D = 128) and one softmax step for all its heads.
 // Each warp owns every 4th tile of the partition and streams it through its own shared-memory ring
-// (cp.async, or with TMA one bulk copy per key row; see decode_mma for its layouts; rows padded by 8
-// bf16: ldmatrix's 8 rows fall on distinct banks); warps meet only after their last tile. (ncu, H100:
-// the 16-byte cp.async copies of padded rows ask L2 for 24 sectors per 16 they need; unpadded rows,
-// with or without an XOR swizzle, or chunk pairs ask for 32 and ran 4-25% slower. Bulk copies go
-// through the copy engine instead of those requests; their sectors are not measured yet.)
+// (cp.async, or with TMA one bulk copy per key row; see decode_mma; rows padded by 8 bf16: ldmatrix's
+// 8 rows fall on distinct banks; other layouts lost: BENCHMARKS.md, session 11); warps meet only after
+// their last tile.
 // Numerics: S in f32 (exact bf16 products, f32 sums), softmax with a running max and expf in f32,
 // P.V with P as two bf16 terms (P = hi + lo, hi = bf16(P): 16 significant bits, within ~2^-17 of
 // the f32 P the lane and prefill kernels use, so a sequence decodes alike in a mixed step, where the
@@ -21,7 +19,7 @@
 // output is rounded to bf16 once.
 // Launch: as attention_decode_g8 (grid (num_kv_heads * ceil(group / 8), num_seqs, max_partitions),
 // block 32 * DECODE_WARPS), dynamic shared memory mma_att_smem(D, H) + mma_att_q_bytes(D) + (max_blocks
-// + 1) u32 (src/ops/attention.rs); head_dim = D.
+// + 1) u32 (+ 8-byte aligned, DECODE_WARPS * H barriers with TMA; src/ops/attention.rs); head_dim = D.
 #include "attention_decode.cuh"
 #include "mma_bf16.cuh"
 
@@ -282,12 +280,9 @@ __device__ void decode_mma(bf16 *__restrict__ out, float *__restrict__ ws_ml, fl
 // slots (_h3). At D = 128: 108 registers (168 with a spill before the q heads moved to shared memory
 // and rows 8..15 of the accumulators stopped taking registers); two stages: 3 CTAs an SM, bound by
 // shared memory (72 KB a CTA, ncu, H100) — same speed as before on H100 (bench.py 0.6B 19,702 vs
-// 19,712 / 19,541 output tok/s); _h3: 55 KB, 4 CTAs an SM. _h3tma: _h3 filled by bulk copies (sm_90),
-// the default for grids of up to 512 CTAs a partition (src/ops/attention.rs: H100, 0.6B, decode tok/s
-// at 16 / 32 / 64 sequences +8 / +9 / +9% over two stages, 96 -4%, 128 +1%, 192 -1%; bench.py the
-// same). Bulk copies into the two-stage ring measured slower (bench.py 19,239 vs 19,502; batch 64
-// 20,622 vs 21,656), so that pairing has no instance. _h4 / _h4tma: K and V apart in 4 slots, the
-// two stages' shared memory with three halves in flight (not measured yet).
+// 19,712 / 19,541 output tok/s); _h3: 55 KB, 4 CTAs an SM; _h3tma: filled by bulk copies (sm_90), the
+// default for small grids (src/ops/attention.rs; bulk copies into two stages lost: no instance);
+// _h4 / _h4tma: 4 slots, the two stages' shared memory with three halves in flight.
 DECODE_MMA_KERNELS(64, 4, false, false, )
 DECODE_MMA_KERNELS(128, 4, false, false, )
 DECODE_MMA_KERNELS(64, 6, false, false, _s3)
