@@ -177,8 +177,6 @@ impl DecodeKernel {
     /// grids of at most `KESTREL_ATTN_SMALL_CTAS` (default [`SMALL_DECODE_CTAS`]) CTAs, two cp.async
     /// stages above.
     fn mma_ring(self, head_dim: usize, ctas: usize, hopper: bool) -> Option<MmaRing> {
-        static ENV: std::sync::OnceLock<Option<Option<MmaRing>>> = std::sync::OnceLock::new();
-        static SMALL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let ring = match self {
             DecodeKernel::Lanes => None,
             DecodeKernel::Mma { stages } => Some(MmaRing::stages(if stages == 3 { 3 } else { 2 })),
@@ -186,35 +184,57 @@ impl DecodeKernel {
                 if slots == 4 { 4 } else { 3 },
                 tma && hopper,
             )),
-            DecodeKernel::Auto => {
-                let set = *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
-                    Ok("0") => Some(None),
-                    Ok("2") => Some(Some(MmaRing::stages(2))),
-                    Ok("3") => Some(Some(MmaRing::stages(3))),
-                    Ok("h3") => Some(Some(MmaRing::apart(3, false))),
-                    Ok("h3tma") => Some(Some(MmaRing::apart(3, true))),
-                    Ok("h4") => Some(Some(MmaRing::apart(4, false))),
-                    Ok("h4tma") => Some(Some(MmaRing::apart(4, true))),
-                    _ => None,
-                });
-                let small = *SMALL.get_or_init(|| {
-                    std::env::var("KESTREL_ATTN_SMALL_CTAS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(SMALL_DECODE_CTAS)
-                });
-                match set {
-                    Some(choice) => choice.map(|r| MmaRing {
-                        tma: r.tma && hopper,
-                        ..r
-                    }),
-                    None if ctas <= small => Some(MmaRing::apart(3, hopper)),
-                    None => Some(MmaRing::stages(2)),
-                }
-            }
+            DecodeKernel::Auto => match forced_ring() {
+                Some(choice) => choice.map(|r| MmaRing {
+                    tma: r.tma && hopper,
+                    ..r
+                }),
+                None if ctas <= small_decode_ctas() => Some(MmaRing::apart(3, hopper)),
+                None => Some(MmaRing::stages(2)),
+            },
         };
         ring.filter(|_| MMA_HEAD_DIMS.contains(&head_dim))
     }
+}
+
+/// `KESTREL_ATTN_MMA`'s choice, read once: `Some(None)` = the lane kernel, `None` = not set (or
+/// not understood: warned).
+fn forced_ring() -> Option<Option<MmaRing>> {
+    static ENV: std::sync::OnceLock<Option<Option<MmaRing>>> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("KESTREL_ATTN_MMA").as_deref() {
+        Ok("0") => Some(None),
+        Ok("2") => Some(Some(MmaRing::stages(2))),
+        Ok("3") => Some(Some(MmaRing::stages(3))),
+        Ok("h3") => Some(Some(MmaRing::apart(3, false))),
+        Ok("h3tma") => Some(Some(MmaRing::apart(3, true))),
+        Ok("h4") => Some(Some(MmaRing::apart(4, false))),
+        Ok("h4tma") => Some(Some(MmaRing::apart(4, true))),
+        Ok(other) => {
+            eprintln!(
+                "warning: KESTREL_ATTN_MMA={other} is none of 0, 2, 3, h3, h3tma, h4, h4tma; \
+                 decode attention keeps its default rings"
+            );
+            None
+        }
+        Err(_) => None,
+    })
+}
+
+/// The largest decode grid on the 3-slot ring: `KESTREL_ATTN_SMALL_CTAS` or [`SMALL_DECODE_CTAS`],
+/// read once.
+fn small_decode_ctas() -> usize {
+    static SMALL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SMALL.get_or_init(|| {
+        let Ok(v) = std::env::var("KESTREL_ATTN_SMALL_CTAS") else {
+            return SMALL_DECODE_CTAS;
+        };
+        v.parse().unwrap_or_else(|_| {
+            eprintln!(
+                "warning: KESTREL_ATTN_SMALL_CTAS={v} is not a count of CTAs; using {SMALL_DECODE_CTAS}"
+            );
+            SMALL_DECODE_CTAS
+        })
+    })
 }
 
 /// Decode grids of at most this many (sequence, head group) CTAs a partition take the 3-slot ring
