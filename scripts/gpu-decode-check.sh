@@ -15,6 +15,7 @@
 #      unsorted = KESTREL_DECODE_LONGEST_FIRST=0 (decode steps' sequences in schedule order, not longest context first),
 #      prefillscalar = KESTREL_PREFILL_MMA=0 (the f32 prefill attention, not the tensor-core one; also a VARIANTS word),
 #      sync = KESTREL_ASYNC_DECODE=0 (no asynchronous scheduling: each decode step read back before the next),
+#      fusewave / nofuseqk = KESTREL_FUSE_QK=wave / 0 (q/k norm + RoPE fused into one-wave decode grids only / none),
 #      a number = KESTREL_ATTN_TARGET_CTAS (e.g. attnmma3+2048); budgetN = bench.py's --max-num-batched-tokens N;
 #      THROUGHPUT_TEMPERATURE=0.6 adds nano-vllm's sampled variant; THROUGHPUT_ONLY=1 skips the sweep and
 #      batch-64 runs) into throughput.txt,
@@ -109,6 +110,8 @@ if [ "${THROUGHPUT:-0}" = 1 ]; then
           unsorted) env+=(KESTREL_DECODE_LONGEST_FIRST=0) ;;
           prefillscalar) env+=(KESTREL_PREFILL_MMA=0) ;;
           sync) env+=(KESTREL_ASYNC_DECODE=0) ;;
+          fusewave) env+=(KESTREL_FUSE_QK=wave) ;;
+          nofuseqk) env+=(KESTREL_FUSE_QK=0) ;;
           budget*) args+=(--max-num-batched-tokens "${word#budget}") ;;
           *) env+=(KESTREL_ATTN_TARGET_CTAS=$word) ;;
         esac
@@ -142,6 +145,7 @@ if [ "${NCU:-0}" = 1 ]; then
     "$ncu" --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
       .gpu/bin/kestrel bench -m "/tmp/kestrel-parity/$shape" --device cuda -p ${NCU_PROMPT:-512} -n 4 -r 1 --eager ${NCU_ARGS:-} \
       > "$out/ncu/ncu-$shape.csv" 2> "$out/ncu/ncu-$shape.err"
+    python3 scripts/ncu_sum.py "$out/ncu/ncu-$shape.csv" > "$out/ncu-$shape-summary.txt" 2>&1
   done
   tar czf "$out/ncu.tgz" -C "$out" ncu && rm -rf "$out/ncu"
   echo "ncu done ($((SECONDS - start)) s)" >> "$out/summary.txt"

@@ -55,11 +55,29 @@ type QkInputs<'a> = QkNormRopeInputs<
     CudaSlice<f32>,
 >;
 
-/// Whether decode steps fuse the q/k norm + RoPE + cache write into attention: on unless
-/// `KESTREL_FUSE_QK=0` (to measure what it brings).
-fn fuse_qk_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KESTREL_FUSE_QK").map_or(true, |v| v != "0"))
+/// Which decode steps fuse the q/k norm + RoPE + cache write into attention (see
+/// `qk_norm_rope_attention_impl`): all of them, unless `KESTREL_FUSE_QK` says `0` (none, to
+/// measure what it brings) or `wave` (grids of about one wave only, the default before session 12).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FuseQk {
+    Never,
+    OneWave,
+    Always,
+}
+
+fn fuse_qk() -> FuseQk {
+    static MODE: std::sync::OnceLock<FuseQk> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("KESTREL_FUSE_QK").as_deref() {
+        Err(_) | Ok("") | Ok("1") | Ok("all") => FuseQk::Always,
+        Ok("0") => FuseQk::Never,
+        Ok("wave") => FuseQk::OneWave,
+        Ok(other) => {
+            eprintln!(
+                "warning: KESTREL_FUSE_QK={other} not understood (0, 1 or wave); fusing every decode step"
+            );
+            FuseQk::Always
+        }
+    })
 }
 
 /// Whether a mixed step's decode rows go to the split-K decode kernel (a second launch) rather than
@@ -137,12 +155,15 @@ impl CudaBackend {
         })
     }
 
-    /// q/k norm + RoPE + cache write, then attention: one fused launch for decode steps whose grid
-    /// is about one wave (bucket x kv heads <= the target CTAs, e.g. <= 64 sequences at 8 kv heads),
-    /// the two ops otherwise or with `KESTREL_FUSE_QK=0`. Measured on H100 (0.6B): batch 1
-    /// +7%, 64 sequences +2.8%, but nano-vllm's 256-sequence workload -1.7% fused: each CTA's
-    /// prologue (positions, then the qkv row, then norm + RoPE) is two more dependent round trips,
-    /// paid once per wave, which several waves repeat for more than the launch it saves.
+    /// q/k norm + RoPE + cache write, then attention: one fused launch for decode steps, two ops
+    /// for steps with prompt tokens (and with `KESTREL_FUSE_QK=0`; `wave`: fused only where the
+    /// grid is about one wave, bucket x kv heads <= the target CTAs). Measured on H100 (0.6B): batch 1
+    /// +7%, 64 sequences +2.8%; with the lane decode kernel nano-vllm's 256-sequence workload lost
+    /// 1.7% fused (each CTA's prologue, positions then the qkv row then norm + RoPE, is two more
+    /// dependent round trips, paid once per wave), so only one-wave grids fused. With the
+    /// tensor-core kernel it wins there too (session 12, H100, one call: bench.py 19,601 / 19,637
+    /// output tok/s against 19,493 / 19,535 one-wave only; `--batch 128` tg 29,281 vs 29,008,
+    /// `--batch 256` 34,278 vs 34,009).
     pub(crate) fn qk_norm_rope_attention_impl(
         &self,
         qkv: &CudaTensor,
@@ -151,9 +172,14 @@ impl CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
     ) -> Result<CudaTensor> {
-        let one_wave =
-            super::graphs::decode_bucket(meta.num_seqs) * p.num_kv_heads <= target_ctas();
-        if meta.max_query_len != 1 || !one_wave || !fuse_qk_enabled() {
+        let fused = match fuse_qk() {
+            FuseQk::Never => false,
+            FuseQk::OneWave => {
+                super::graphs::decode_bucket(meta.num_seqs) * p.num_kv_heads <= target_ctas()
+            }
+            FuseQk::Always => true,
+        };
+        if meta.max_query_len != 1 || !fused {
             let q = self.qk_norm_rope_store_kv_impl(qkv, p, meta, cache, layer)?;
             return self.attention_impl(&q, p, meta, cache, layer);
         }
