@@ -7,7 +7,7 @@ tot = collections.defaultdict(float); cnt = collections.Counter()
 for r in rows[1:]:
     try: v = float(r[vi].replace(",", ""))
     except ValueError: continue
-    scale = {"usecond": 1.0, "msecond": 1e3}.get(r[ui], 1e-3)  # ns unless it says otherwise
+    scale = {"usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(r[ui], 1e-3)  # else ns
     name = r[ki].split("(")[0][:60]; tot[name] += v * scale; cnt[name] += 1
 all_t = sum(tot.values())
 print(f"total {all_t:.1f} us over {sum(cnt.values())} launches")
