@@ -41,8 +41,16 @@ const TILED_NORM_NAMES: [&str; TILED_MAX_TOKENS] = [
 /// Shared memory a block may use without opting in: the fused norm stages `tokens x in_features`
 /// bf16 there, so wider inputs take the unfused path (see [`fused_norm_fits`]).
 const NORM_SMEM_LIMIT: usize = 48 * 1024;
-/// Blocks wanted per launch (about 4 per SM of a 132-SM H100/H200) before K is split further.
-const TARGET_BLOCKS: usize = 512;
+/// Blocks wanted per launch (about 2 per SM of a 132-SM H100/H200) before K is split further.
+/// Half of what a one-token GEMV can keep resident (4 blocks an SM at 64 registers), so the next
+/// kernel's blocks find room to start and prefetch their weights while this one runs (PDL): 512
+/// filled every slot and PDL brought nothing. Measured (H100, session 12, one call, tg128 tok/s,
+/// 512 -> 256): Qwen3-0.6B BF16 batch 1 1,085 / 1,083 -> 1,110 / 1,113, batch 4 2,895 / 2,897 ->
+/// 3,098 / 3,111, batch 8 4,380 / 4,322 -> 4,809 / 4,769; Qwen3-4B batch 1 281.3 / 279.1 -> 291.8 /
+/// 291.7, batch 4 873.6 / 872.3 -> 915.1 / 914.6, but batch 8 1,106.0 / 1,107.0 -> 1,072.9 /
+/// 1,069.5 (its 120-register kernel holds 2 blocks an SM: the K-split it loses mattered more);
+/// 128: 1,062, 3,024, 4,468 at 0.6B. Q8_0 and Q4_K_M 0.6B batch 1 unchanged (another call).
+const TARGET_BLOCKS: usize = 256;
 /// A K-slice of fewer 16-byte chunks than this (2 per lane) is not worth a warp.
 const MIN_SLICE_CHUNKS: usize = 64;
 
@@ -64,11 +72,27 @@ pub enum GemvKernel {
 /// H200: persistent blocks sized by occupancy, one wave, lost to this by 1.5x: many small blocks
 /// hide latency better.)
 pub fn auto_k_split(weight_rows: usize, in_features: usize) -> usize {
+    auto_k_split_for(weight_rows, in_features, target_blocks())
+}
+
+/// [`TARGET_BLOCKS`], or `KESTREL_GEMV_BLOCKS` (to measure other grid sizes).
+fn target_blocks() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("KESTREL_GEMV_BLOCKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(TARGET_BLOCKS)
+    })
+}
+
+fn auto_k_split_for(weight_rows: usize, in_features: usize, target_blocks: usize) -> usize {
     let chunks = in_features / 8;
     let mut ks = 1;
     while ks < TILED_WARPS {
         let blocks = weight_rows.div_ceil(TILED_ROWS * TILED_WARPS / ks);
-        if blocks >= TARGET_BLOCKS || chunks.div_ceil(2 * ks) < MIN_SLICE_CHUNKS {
+        if blocks >= target_blocks || chunks.div_ceil(2 * ks) < MIN_SLICE_CHUNKS {
             break;
         }
         ks *= 2;
@@ -407,25 +431,29 @@ fn gemv_impl(
 
 #[cfg(test)]
 mod tests {
-    use super::auto_k_split;
+    use super::{auto_k_split_for, TARGET_BLOCKS};
 
     #[test]
     fn k_split_by_shape() {
         // (weight rows, in, k_split): Qwen3-0.6B qkv, gate_up, o, down, lm_head; Qwen3-4B the same
         let cases = [
-            (4096, 1024, 2),
-            (6144, 1024, 2),
+            (4096, 1024, 1),
+            (6144, 1024, 1),
             (1024, 2048, 4),
             (1024, 3072, 4),
             (151_936, 1024, 1),
-            (6144, 2560, 2),
+            (6144, 2560, 1),
             (19_456, 2560, 1),
-            (2560, 4096, 4),
-            (2560, 9728, 4),
+            (2560, 4096, 2),
+            (2560, 9728, 2),
             (5, 8, 1),
         ];
         for (out, inp, want) in cases {
-            assert_eq!(auto_k_split(out, inp), want, "{out}x{inp}");
+            assert_eq!(
+                auto_k_split_for(out, inp, TARGET_BLOCKS),
+                want,
+                "{out}x{inp}"
+            );
         }
     }
 }
