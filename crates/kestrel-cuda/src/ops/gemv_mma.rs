@@ -120,11 +120,24 @@ pub fn mma_applies(
 /// unless a slice would get fewer than [`CHUNKS_AHEAD`] chunks (one round of loads).
 pub fn mma_k_split(out_rows: usize, in_features: usize) -> usize {
     let (tiles, chunks) = (out_rows.div_ceil(TILE_ROWS), in_features / 32);
+    let target = target_warps();
     let mut ks = 1;
-    while ks < MMA_WARPS && tiles * ks < TARGET_WARPS && chunks / (2 * ks) >= CHUNKS_AHEAD {
+    while ks < MMA_WARPS && tiles * ks < target && chunks / (2 * ks) >= CHUNKS_AHEAD {
         ks *= 2;
     }
     ks
+}
+
+/// [`TARGET_WARPS`], or `KESTREL_MMA_WARPS` (to measure other grid sizes).
+fn target_warps() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("KESTREL_MMA_WARPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(TARGET_WARPS)
+    })
 }
 
 /// Launches the kernel with the quantized GEMV's arguments (`y` already offset to its first column;
