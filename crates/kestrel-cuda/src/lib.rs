@@ -18,6 +18,7 @@ pub mod compile;
 pub mod device;
 pub mod dtype;
 mod error;
+mod knobs;
 pub mod ops;
 
 pub use device::CudaDevice;

@@ -25,13 +25,7 @@ const TARGET_CTAS: usize = 512;
 /// [`TARGET_CTAS`], or `KESTREL_ATTN_TARGET_CTAS` (to measure).
 fn target_ctas() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("KESTREL_ATTN_TARGET_CTAS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(TARGET_CTAS)
-    })
+    *N.get_or_init(|| crate::knobs::positive_usize("KESTREL_ATTN_TARGET_CTAS", TARGET_CTAS))
 }
 
 /// Split-K partitions (the grid's z) for a decode step: enough CTAs to fill the GPU. It depends on

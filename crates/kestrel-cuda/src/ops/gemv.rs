@@ -78,13 +78,7 @@ pub fn auto_k_split(weight_rows: usize, in_features: usize) -> usize {
 /// [`TARGET_BLOCKS`], or `KESTREL_GEMV_BLOCKS` (to measure other grid sizes).
 fn target_blocks() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("KESTREL_GEMV_BLOCKS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(TARGET_BLOCKS)
-    })
+    *N.get_or_init(|| crate::knobs::positive_usize("KESTREL_GEMV_BLOCKS", TARGET_BLOCKS))
 }
 
 fn auto_k_split_for(weight_rows: usize, in_features: usize, target_blocks: usize) -> usize {

@@ -131,13 +131,7 @@ pub fn mma_k_split(out_rows: usize, in_features: usize) -> usize {
 /// [`TARGET_WARPS`], or `KESTREL_MMA_WARPS` (to measure other grid sizes).
 fn target_warps() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("KESTREL_MMA_WARPS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(TARGET_WARPS)
-    })
+    *N.get_or_init(|| crate::knobs::positive_usize("KESTREL_MMA_WARPS", TARGET_WARPS))
 }
 
 /// Launches the kernel with the quantized GEMV's arguments (`y` already offset to its first column;
