@@ -224,16 +224,9 @@ fn forced_ring() -> Option<Option<MmaRing>> {
 /// read once.
 fn small_decode_ctas() -> usize {
     static SMALL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // 0: no grid takes it
     *SMALL.get_or_init(|| {
-        let Ok(v) = std::env::var("KESTREL_ATTN_SMALL_CTAS") else {
-            return SMALL_DECODE_CTAS;
-        };
-        v.parse().unwrap_or_else(|_| {
-            eprintln!(
-                "warning: KESTREL_ATTN_SMALL_CTAS={v} is not a count of CTAs; using {SMALL_DECODE_CTAS}"
-            );
-            SMALL_DECODE_CTAS
-        })
+        crate::knobs::usize_at_least("KESTREL_ATTN_SMALL_CTAS", 0, SMALL_DECODE_CTAS)
     })
 }
 
