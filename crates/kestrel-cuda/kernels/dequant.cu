@@ -5,6 +5,10 @@
 // in f32, then rounded to nearest bf16 once.
 // Launch: grid-stride over nrows * (in_features / PER_CHUNK) chunks, one chunk per thread, any grid.
 // An id outside [0, rows) is the caller's bug (the host checks token ids before they go up).
+// PDL: waits for the kernel before it first: ids may come from it (a decode step's inputs fed from
+// the previous step's argmax), and the GEMM after a tile reads what this kernel's predecessors wrote
+// only if this grid ends after them (common.cuh). Without the wait, asynchronous decode steps of a
+// quantized model read half-written token ids (CUDA_ERROR_ILLEGAL_ADDRESS in bench.py, session 13).
 #include "quant_formats.cuh"
 #include "quant_kformats.cuh"
 
@@ -12,6 +16,7 @@ template <class W>
 __device__ __forceinline__ void dequant_rows(bf16 *__restrict__ out, const W w,
                                              const int *__restrict__ ids, int row0, int nrows,
                                              int in_features) {
+    pdl_enter();
     constexpr int E = W::PER_CHUNK;
     const int chunks = in_features / E;
     const long long total = (long long)nrows * chunks;

@@ -20,6 +20,8 @@ pub mod dtype;
 mod error;
 mod knobs;
 pub mod ops;
+#[cfg(test)]
+mod pdl_lint;
 
 pub use device::CudaDevice;
 pub use dtype::Bf16;
