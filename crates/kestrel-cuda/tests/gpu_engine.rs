@@ -435,3 +435,46 @@ fn sampled_requests_decode_in_graphs_as_eagerly() {
         );
     }
 }
+
+/// A quantized model's decode steps past 8 sequences take the prefill path (dequantized tiles,
+/// cuBLAS) and look token ids up in a quantized table (kernels/dequant.cu), which under
+/// asynchronous scheduling reads ids a kernel of the same stream has just fed from the previous
+/// step's argmax: pipelined steps must give the tokens of synchronous ones. (Before the dequant
+/// kernels waited under PDL, bench.py with Q4_K_M / Q8_0 hit CUDA_ERROR_ILLEGAL_ADDRESS.)
+#[test]
+fn quantized_model_pipelined_steps_match_synchronous_ones() {
+    use kestrel::engine::loaded::LoadOptions;
+    use kestrel::quant::plan::QuantType;
+    let Some(gpu) = gpu() else { return };
+    let reqs: Reqs = (0..24u64)
+        .map(|i| (prompt(500 + i, 5 + (i as usize * 7) % 40), greedy(24, true)))
+        .collect();
+    let cfg = config(4, 1024, 32, 128);
+    let dir = "tiny-qwen3-bf16";
+    let run = |pipelined: bool| {
+        let backend = CudaBackend::new(gpu.dev.clone());
+        backend.set_async_decode(pipelined);
+        let path = testdata(dir);
+        let opts = LoadOptions {
+            quant: Some(QuantType::Q8_0),
+            ..Default::default()
+        };
+        let loaded = LoadedModel::load_with(path.to_str().expect("utf-8 path"), &backend, opts)
+            .unwrap_or_else(|e| panic!("loading {dir} as q8_0: {e}"));
+        let mut e = Engine::from_loaded(backend, loaded, cfg).expect("building the engine");
+        let outs = run_all(&mut e, &reqs);
+        (outs, e.stats())
+    };
+    let (outs, st) = run(true);
+    assert!(st.pipelined_steps > 0, "nothing pipelined: {st:?}");
+    assert!(st.graph_steps > 0, "no graph step: {st:?}");
+    let (sync_outs, st) = run(false);
+    assert_eq!(st.pipelined_steps, 0, "sync pipelined: {st:?}");
+    for (i, (a, b)) in sync_outs.iter().zip(&outs).enumerate() {
+        assert_eq!(a.token_ids.len(), 24, "request {i}");
+        assert_eq!(
+            a.token_ids, b.token_ids,
+            "request {i}: pipelined vs synchronous"
+        );
+    }
+}
