@@ -8,9 +8,13 @@
 # PARITY_TYPES (default: $TYPES) limits the reference + parity steps; BENCH_DP4A="t..." also benches
 # those types with KESTREL_DP4A=1 (the opt-in integer-dot-product GEMVs), to measure them; SKIP_BENCH=1
 # benches nothing (quality and parity only).
-# Logs: $OUT/quant-<shape>.txt (+ summary.txt). Needs gguf-py on the GPU machine (carried as a wheel).
+# Logs: $OUT/quant-<shape>.txt (+ summary.txt). Needs gguf-py on the GPU machine: carry its wheel in
+# .gpu/whl/ (`pip download gguf --no-deps -d .gpu/whl` here); a pure-Python wheel imports from PYTHONPATH.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+for w in "$PWD"/.gpu/whl/gguf-*.whl; do
+  [ -e "$w" ] && export PYTHONPATH="$w${PYTHONPATH:+:$PYTHONPATH}"
+done
 out=${OUT:-/tmp/quant-check}; mkdir -p "$out"
 work=/tmp/kestrel-parity
 export KESTREL_REQUIRE_GPU=1 RUST_BACKTRACE=1
