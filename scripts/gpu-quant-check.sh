@@ -6,7 +6,8 @@
 # load against them (kestrel_cuda_gpu_parity, KESTREL_PARITY_QUANT), and `kestrel bench` of the GGUF.
 # QUALITY=1 adds the BF16-vs-quantized report (kestrel_cuda_gpu_quant_quality; the CPU beside it at 0.6b).
 # PARITY_TYPES (default: $TYPES) limits the reference + parity steps; BENCH_DP4A="t..." also benches
-# those types with KESTREL_DP4A=1 (the opt-in integer-dot-product GEMVs), to measure them; SKIP_BENCH=1
+# those types with KESTREL_DP4A=1 (the opt-in integer-dot-product GEMVs), to measure them; BENCH_ENV="K=V ..."
+# benches every quantized model a second time with those variables (e.g. KESTREL_MMA_WARPS=1024); SKIP_BENCH=1
 # benches nothing (quality and parity only).
 # Logs: $OUT/quant-<shape>.txt (+ summary.txt). Needs gguf-py on the GPU machine: carry its wheel in
 # .gpu/whl/ (`pip download gguf --no-deps -d .gpu/whl` here); a pure-Python wheel imports from PYTHONPATH.
@@ -43,6 +44,11 @@ for shape in "$@"; do
       echo "== $shape $t KESTREL_DP4A=1" >> "$log"
       KESTREL_DP4A=1 .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \
         | sed 's/cuda graphs)/cuda graphs, KESTREL_DP4A=1)/' >> "$log"
+    fi
+    if [ -n "${BENCH_ENV:-}" ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
+      echo "== $shape $t $BENCH_ENV" >> "$log"
+      env $BENCH_ENV .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \
+        | sed "s/cuda graphs)/cuda graphs, $BENCH_ENV)/" >> "$log"
     fi
   done
   grep -E "tg128|pp512" "$log" | sed "s/^/$shape /" >> "$out/summary.txt"
