@@ -28,6 +28,13 @@ for shape in "$@"; do
       --tokenizer .gpu/qwen3-tokenizer --attn sdpa >> "$log" 2>&1
   fi
   bench() { [ "${SKIP_BENCH:-0}" = 1 ] || .gpu/bin/kestrel bench --device cuda -p 512 -n 128 -r 3 "$@"; }
+  # bench_with TAG MODEL VAR=VALUE...: the bench again with those variables, named in its rows
+  bench_with() {
+    local tag=$1 g=$2; shift 2
+    echo "== $tag $*" >> "$log"
+    env "$@" .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \
+      | sed "s/cuda graphs)/cuda graphs, $*)/" >> "$log"
+  }
   echo "== $shape bf16" >> "$log"
   bench -m "$m" >> "$log" 2>&1
   for t in ${TYPES:-q8_0 q4_0 q4_k_m}; do
@@ -40,16 +47,8 @@ for shape in "$@"; do
       echo "$shape $t parity rc=$? ($((SECONDS - start)) s)" >> "$out/summary.txt"
     fi
     bench -m "$g" >> "$log" 2>&1
-    if [[ " ${BENCH_DP4A:-} " == *" $t "* ]]; then
-      echo "== $shape $t KESTREL_DP4A=1" >> "$log"
-      KESTREL_DP4A=1 .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \
-        | sed 's/cuda graphs)/cuda graphs, KESTREL_DP4A=1)/' >> "$log"
-    fi
-    if [ -n "${BENCH_ENV:-}" ] && [ "${SKIP_BENCH:-0}" != 1 ]; then
-      echo "== $shape $t $BENCH_ENV" >> "$log"
-      env $BENCH_ENV .gpu/bin/kestrel bench -m "$g" --device cuda -p 512 -n 128 -r 3 2>&1 \
-        | sed "s/cuda graphs)/cuda graphs, $BENCH_ENV)/" >> "$log"
-    fi
+    [[ " ${BENCH_DP4A:-} " == *" $t "* ]] && bench_with "$shape $t" "$g" KESTREL_DP4A=1
+    [ -n "${BENCH_ENV:-}" ] && [ "${SKIP_BENCH:-0}" != 1 ] && bench_with "$shape $t" "$g" $BENCH_ENV
   done
   grep -E "tg128|pp512" "$log" | sed "s/^/$shape /" >> "$out/summary.txt"
   if [ "${QUALITY:-0}" = 1 ]; then

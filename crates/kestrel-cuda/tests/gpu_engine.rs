@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use kestrel::engine::engine::{Engine, EngineConfig};
 use kestrel::engine::generate::{generate, FinishReason};
-use kestrel::engine::loaded::LoadedModel;
+use kestrel::engine::loaded::{LoadOptions, LoadedModel};
 use kestrel::engine::request::{Output, Prompt};
 use kestrel::engine::sampling::SamplingParams;
 use kestrel::engine::scheduler::SchedulerConfig;
+use kestrel::quant::plan::QuantType;
 use kestrel_cuda::backend::CudaBackend;
 use kestrel_cuda::CudaDevice;
 
@@ -66,21 +67,27 @@ fn config(
 /// A fresh engine (empty prefix cache, new backend) for the checkpoint in `testdata/<dir>`, and the
 /// model's stop ids (the single-sequence path needs them; the engine keeps its own).
 fn engine(gpu: &Gpu, dir: &str, cfg: EngineConfig) -> (Engine<CudaBackend>, Vec<u32>) {
-    engine_with(gpu, dir, cfg, true)
+    engine_with(gpu, dir, cfg, true, None)
 }
 
-/// [`engine`] with CUDA graphs on or off (`--eager`).
+/// [`engine`] with CUDA graphs on or off (`--eager`), the checkpoint quantized at load or not.
 fn engine_with(
     gpu: &Gpu,
     dir: &str,
     cfg: EngineConfig,
     graphs: bool,
+    quant: Option<QuantType>,
 ) -> (Engine<CudaBackend>, Vec<u32>) {
     let backend = CudaBackend::new(gpu.dev.clone());
     backend.set_cuda_graphs(graphs);
     let path = testdata(dir);
-    let loaded = LoadedModel::load(path.to_str().expect("utf-8 testdata path"), &backend)
-        .unwrap_or_else(|e| panic!("loading {dir}: {e}"));
+    let opts = LoadOptions {
+        quant,
+        ..Default::default()
+    };
+    let loaded =
+        LoadedModel::load_with(path.to_str().expect("utf-8 testdata path"), &backend, opts)
+            .unwrap_or_else(|e| panic!("loading {dir} ({quant:?}): {e}"));
     let eos = loaded.eos_token_ids.clone();
     let e = Engine::from_loaded(backend, loaded, cfg).expect("building the engine");
     (e, eos)
@@ -390,7 +397,7 @@ fn sampled_requests_decode_in_graphs_as_eagerly() {
             st.graph_steps > 0,
             "{dir}: sampled steps took no graph: {st:?}"
         );
-        let (mut eager, _) = engine_with(&gpu, dir, cfg, false);
+        let (mut eager, _) = engine_with(&gpu, dir, cfg, false, None);
         let eager_outs = run_all(&mut eager, &reqs);
         for (i, (a, b)) in outs.iter().zip(&eager_outs).enumerate() {
             assert_eq!(
@@ -443,25 +450,14 @@ fn sampled_requests_decode_in_graphs_as_eagerly() {
 /// kernels waited under PDL, bench.py with Q4_K_M / Q8_0 hit CUDA_ERROR_ILLEGAL_ADDRESS.)
 #[test]
 fn quantized_model_pipelined_steps_match_synchronous_ones() {
-    use kestrel::engine::loaded::LoadOptions;
-    use kestrel::quant::plan::QuantType;
     let Some(gpu) = gpu() else { return };
     let reqs: Reqs = (0..24u64)
         .map(|i| (prompt(500 + i, 5 + (i as usize * 7) % 40), greedy(24, true)))
         .collect();
     let cfg = config(4, 1024, 32, 128);
-    let dir = "tiny-qwen3-bf16";
     let run = |pipelined: bool| {
-        let backend = CudaBackend::new(gpu.dev.clone());
-        backend.set_async_decode(pipelined);
-        let path = testdata(dir);
-        let opts = LoadOptions {
-            quant: Some(QuantType::Q8_0),
-            ..Default::default()
-        };
-        let loaded = LoadedModel::load_with(path.to_str().expect("utf-8 path"), &backend, opts)
-            .unwrap_or_else(|e| panic!("loading {dir} as q8_0: {e}"));
-        let mut e = Engine::from_loaded(backend, loaded, cfg).expect("building the engine");
+        let (mut e, _) = engine_with(&gpu, "tiny-qwen3-bf16", cfg, true, Some(QuantType::Q8_0));
+        e.backend().set_async_decode(pipelined);
         let outs = run_all(&mut e, &reqs);
         (outs, e.stats())
     };
