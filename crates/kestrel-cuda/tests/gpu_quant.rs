@@ -269,25 +269,16 @@ fn reorder_bounds(x: &[f32], norm: Option<&[f32]>, w: &[f32], k: usize) -> Vec<f
     let gamma = 2.0 * k as f64 * 2f64.powi(-24);
     x.chunks(k)
         .flat_map(|xt| {
-            let scaled: Vec<f64> = match norm {
+            let xn: Vec<f32> = match norm {
                 Some(nw) => {
-                    let ms = xt.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
-                    let inv = 1.0 / (ms + 1e-6).sqrt();
-                    xt.iter()
-                        .zip(nw)
-                        .map(|(&v, &s)| (v as f64 * inv * s as f64).abs())
-                        .collect()
+                    let ms = xt.iter().map(|&v| v * v).sum::<f32>() / k as f32;
+                    let inv = (ms + 1e-6).sqrt().recip();
+                    xt.iter().zip(nw).map(|(&v, &s)| v * inv * s).collect()
                 }
-                None => xt.iter().map(|&v| (v as f64).abs()).collect(),
+                None => xt.to_vec(),
             };
-            w.chunks(k).map(move |row| {
-                let abs: f64 = row
-                    .iter()
-                    .zip(&scaled)
-                    .map(|(&a, &b)| a.abs() as f64 * b)
-                    .sum();
-                (gamma * abs) as f32
-            })
+            w.chunks(k)
+                .map(move |row| (gamma * common::dot_f64(&xn, row).1) as f32)
         })
         .collect()
 }
